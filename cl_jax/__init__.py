@@ -1,0 +1,1 @@
+"""cl_jax: contrastive representation learning and feature suppression in JAX/Flax."""

@@ -1,0 +1,111 @@
+"""Where examples come from: the embedded scikit-learn digits, or any tfds image dataset.
+
+Every source is loaded into memory as a `Split`: uint8 images [N, S, S, C] resized to
+`data.image_size`, and integer labels (one array per label the dataset provides). This suits the
+datasets the papers' small-scale experiments use (digits, MNIST, CIFAR-10/100); datasets that do
+not fit in host memory (full ImageNet) would need a streaming source.
+"""
+import dataclasses
+from typing import Mapping
+
+import numpy as np
+
+EMBEDDED = "digits"
+# The embedded default's fixed, stratified split (of 1,797 images: 1,347 train / 450 test).
+DIGITS_TEST_FRACTION = 0.25
+DIGITS_SPLIT_SEED = 0
+
+
+class DataError(ValueError):
+  """A dataset that cannot be loaded, with a message that says how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+  images: np.ndarray                 # uint8 [N, S, S, C]
+  labels: Mapping[str, np.ndarray]   # name → int32 [N]
+  num_classes: Mapping[str, int]     # name → number of classes
+
+  def __len__(self) -> int:
+    return self.images.shape[0]
+
+
+def _resize(images: np.ndarray, size: int) -> np.ndarray:
+  """Bilinear (antialiased) resize of uint8 [N, H, W, C] images to [N, size, size, C]."""
+  if images.shape[1:3] == (size, size):
+    return images
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  out = tf.image.resize(tf.cast(images, tf.float32), (size, size), antialias=True)
+  return np.asarray(tf.clip_by_value(tf.round(out), 0, 255), np.uint8)
+
+
+def load_digits(split: str, image_size: int) -> Split:
+  """scikit-learn's bundled 8×8 handwritten digits (values 0..16), scaled to uint8, resized."""
+  from sklearn import datasets, model_selection  # pylint: disable=g-import-not-at-top
+  digits = datasets.load_digits()
+  images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+  labels = digits.target.astype(np.int32)
+  train_idx, test_idx = model_selection.train_test_split(
+      np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION, stratify=labels,
+      random_state=DIGITS_SPLIT_SEED)
+  idx = {"train": train_idx, "test": test_idx}[split]
+  return Split(images=_resize(images[idx], image_size), labels={"label": labels[idx]},
+               num_classes={"label": 10})
+
+
+def not_prepared_message(name: str, data_dir) -> str:
+  return (f"tfds dataset '{name}' is not prepared in data_dir={data_dir or '~/tensorflow_datasets'}"
+          " and this machine may not be able to download it. Prepare it where there is network "
+          f"access with `tfds build {name} --data_dir=DIR` and pass "
+          "--config.data.data_dir=DIR, or use the embedded default that needs no download: "
+          f"--config.data.dataset={EMBEDDED}.")
+
+
+def tfds_dataset(name: str, split: str, data_dir):
+  """(builder, tf.data.Dataset of `split`) for tfds `name`; a `DataError` naming the fix if the
+  dataset is unknown or not prepared. `split` 'test' falls back to 'validation' (imagenet2012)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  try:
+    builder = tfds.builder(name, data_dir=data_dir)
+  except tfds.core.registered.DatasetNotFoundError as e:
+    raise DataError(f"data.dataset='{name}' is neither '{EMBEDDED}' (embedded) nor a known "
+                    f"tfds dataset (e.g. mnist, cifar10, cifar100, imagenet2012).") from e
+  try:
+    if split == "test" and "test" not in builder.info.splits:
+      split = "validation"
+    return builder, builder.as_dataset(split=split, shuffle_files=False)
+  except AssertionError as e:  # tfds: "could not find data in ..."
+    raise DataError(not_prepared_message(name, data_dir)) from e
+
+
+def load_tfds(name: str, split: str, image_size: int, data_dir=None) -> Split:
+  """A whole tfds split in memory. Labels: every ClassLabel feature (e.g. cifar100's `label`
+  (100 fine classes) and `coarse_label` (20 superclasses))."""
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  builder, ds = tfds_dataset(name, split, data_dir)
+  label_names = {k: f.num_classes for k, f in builder.info.features.items()
+                 if isinstance(f, tfds.features.ClassLabel)}
+  if "image" not in builder.info.features or not label_names:
+    raise DataError(f"tfds dataset '{name}' has no 'image' feature with class labels.")
+
+  def prepare(ex):
+    image = ex["image"]
+    if image.shape[:2] != (image_size, image_size):
+      image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size),
+                              antialias=True)
+      image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
+    return {"image": image, **{k: tf.cast(ex[k], tf.int32) for k in label_names}}
+
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
+  chunks = list(tfds.as_numpy(ds))
+  return Split(images=np.concatenate([c["image"] for c in chunks]),
+               labels={k: np.concatenate([c[k] for c in chunks]) for k in label_names},
+               num_classes=label_names)
+
+
+def load(data_config, split: str) -> Split:
+  """The `split` ('train' or 'test') of `data_config.dataset` at `data_config.image_size`."""
+  if data_config.dataset == EMBEDDED:
+    return load_digits(split, data_config.image_size)
+  return load_tfds(data_config.dataset, split, data_config.image_size, data_config.data_dir)

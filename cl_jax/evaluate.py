@@ -1,0 +1,91 @@
+"""Linear evaluation of a frozen encoder (SPEC §3 "Offline linear eval").
+
+Features h (encoder output, BatchNorm in inference mode) of the un-augmented train and test
+images — random-bit planes included — are standardised with the train statistics, and a
+multinomial logistic regression  min_W,b mean_i CE(W h_i + b, y_i) + (l2/2)‖W‖²  is fitted by
+L-BFGS (optax.lbfgs) for each label. Reported: test top-1 accuracy.
+
+`bits`: one binary probe per random bit; the reported value is the mean over bits of the test
+accuracy of predicting that bit (0.5 = not decodable, 1.0 = fully decodable).
+"""
+import functools
+from typing import Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+
+from cl_jax.data import features, pipeline
+from cl_jax.data.sources import Split
+
+
+def extract_features(model, variables, split: Split, data_config, *, seed: int, split_name: str,
+                     batch_size: int, mesh) -> np.ndarray:
+  """[N, D] encoder features h of `split` (in split order), computed on the mesh."""
+  num_devices = mesh.devices.size
+  batch_size = -(-batch_size // num_devices) * num_devices
+  encode = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+  ds = pipeline.eval_dataset(split, data_config, seed=seed, split_name=split_name,
+                             batch_size=batch_size)
+  local = batch_size // jax.process_count()
+  lo = jax.process_index() * local
+  out = []
+  for batch in ds.as_numpy_iterator():
+    x = pipeline.to_global({"image": batch["image"][lo:lo + local]}, mesh)["image"]
+    h = multihost_utils.process_allgather(encode(variables, x), tiled=True)
+    out.append(np.asarray(h)[batch["valid"]])
+  return np.concatenate(out)
+
+
+@functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
+def fit_linear_classifier(x, y, *, num_classes: int, l2: float, steps: int):
+  """Logistic regression on standardised features by `steps` L-BFGS iterations → (W, b)."""
+  params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
+
+  def objective(p):
+    logits = x @ p[0] + p[1]
+    ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    return ce + 0.5 * l2 * jnp.sum(p[0] ** 2)
+
+  opt = optax.lbfgs()
+  value_and_grad = optax.value_and_grad_from_state(objective)
+
+  def step(_, carry):
+    p, state = carry
+    value, grad = value_and_grad(p, state=state)
+    updates, state = opt.update(grad, state, p, value=value, grad=grad, value_fn=objective)
+    return optax.apply_updates(p, updates), state
+
+  params, _ = jax.lax.fori_loop(0, steps, step, (params, opt.init(params)))
+  return params
+
+
+def probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, *, l2: float,
+                   steps: int) -> float:
+  """Test accuracy of a linear classifier fitted on (train_x, train_y)."""
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  w, b = fit_linear_classifier(jnp.asarray((train_x - mean) / std), jnp.asarray(train_y),
+                               num_classes=num_classes, l2=l2, steps=steps)
+  predictions = np.argmax(((test_x - mean) / std) @ np.asarray(w) + np.asarray(b), axis=1)
+  return float(np.mean(predictions == test_y))
+
+
+def linear_eval(model, variables, train: Split, test: Split, config, mesh) -> Mapping[str, float]:
+  """{label_name: test accuracy} for every label of the dataset, plus `bits` when
+  random_bits > 0."""
+  extract = functools.partial(extract_features, model, variables, data_config=config.data,
+                              seed=config.seed, batch_size=config.eval.batch_size, mesh=mesh)
+  train_h = extract(train, split_name="train")
+  test_h = extract(test, split_name="test")
+  probe = functools.partial(probe_accuracy, l2=config.eval.l2, steps=config.eval.probe_steps)
+  results = {name: probe(train_h, train.labels[name], test_h, test.labels[name],
+                         train.num_classes[name]) for name in train.labels}
+  k = config.data.random_bits
+  if k > 0:
+    bits = [features.bit_labels(features.random_bit_integers(len(s), k, config.seed, name), k)
+            for s, name in ((train, "train"), (test, "test"))]
+    results["bits"] = float(np.mean([probe(train_h, bits[0][:, i], test_h, bits[1][:, i], 2)
+                                     for i in range(k)]))
+  return results

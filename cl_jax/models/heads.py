@@ -1,0 +1,40 @@
+"""Projection head (SPEC §3) and the model that ties encoder, head and online probes together."""
+from typing import Mapping
+
+import flax.linen as nn
+import jax
+
+
+class ProjectionHead(nn.Module):
+  """`num_layers` Dense layers: hidden ones Dense(no bias)→BN→ReLU, the last Dense(no bias)→BN
+  without centring. The output size `embed_dim` is the embedding size studied by Xue et al."""
+  num_layers: int
+  hidden_dim: int
+  embed_dim: int
+
+  @nn.compact
+  def __call__(self, h: jax.Array, train: bool) -> jax.Array:
+    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                                     **kw)
+    for _ in range(self.num_layers - 1):
+      h = nn.relu(norm()(nn.Dense(self.hidden_dim, use_bias=False)(h)))
+    return norm(use_bias=False)(nn.Dense(self.embed_dim, use_bias=False)(h))
+
+
+class ContrastiveModel(nn.Module):
+  """encoder x → h; head h → z; online linear probes on stop_gradient(h), one per label.
+
+  Returns (h, z, {label_name: logits}).
+  """
+  encoder: nn.Module
+  head: ProjectionHead
+  probe_classes: Mapping[str, int]
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool):
+    h = self.encoder(x, train=train)
+    z = self.head(h, train=train)
+    frozen = jax.lax.stop_gradient(h)
+    logits = {name: nn.Dense(n, name=f"probe_{name}")(frozen)
+              for name, n in self.probe_classes.items()}
+    return h, z, logits

@@ -1,0 +1,77 @@
+"""ResNet v1 (He et al. 2016) with the SimCLR conventions (SPEC §3).
+
+BatchNorm momentum 0.9, epsilon 1e-5; the last BN of every residual block starts with γ = 0.
+Stem `cifar`: conv3×3 stride 1, no max-pool (images ≤ 32 px); stem `imagenet`: conv7×7 stride 2
++ max-pool 3×3 stride 2. The representation h is the global average pool of the last stage.
+"""
+import functools
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class BasicBlock(nn.Module):
+  filters: int
+  strides: int
+  norm: type
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.Conv(self.filters, (3, 3), (self.strides, self.strides), use_bias=False)(x)
+    y = nn.relu(self.norm()(y))
+    y = nn.Conv(self.filters, (3, 3), use_bias=False)(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if x.shape != y.shape:
+      x = nn.Conv(self.filters, (1, 1), (self.strides, self.strides), use_bias=False)(x)
+      x = self.norm()(x)
+    return nn.relu(x + y)
+
+
+class BottleneckBlock(nn.Module):
+  filters: int
+  strides: int
+  norm: type
+
+  @nn.compact
+  def __call__(self, x):
+    y = nn.relu(self.norm()(nn.Conv(self.filters, (1, 1), use_bias=False)(x)))
+    y = nn.Conv(self.filters, (3, 3), (self.strides, self.strides), use_bias=False)(y)
+    y = nn.relu(self.norm()(y))
+    y = nn.Conv(self.filters * 4, (1, 1), use_bias=False)(y)
+    y = self.norm(scale_init=nn.initializers.zeros)(y)
+    if x.shape != y.shape:
+      x = nn.Conv(self.filters * 4, (1, 1), (self.strides, self.strides), use_bias=False)(x)
+      x = self.norm()(x)
+    return nn.relu(x + y)
+
+
+class ResNet(nn.Module):
+  stage_sizes: Sequence[int]
+  block: type
+  stem: str = "cifar"  # 'cifar' | 'imagenet'
+  width: int = 64
+
+  @property
+  def min_image_size(self) -> int:
+    return 32 if self.stem == "imagenet" else 8
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool) -> jax.Array:
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
+                             epsilon=1e-5)
+    if self.stem == "imagenet":
+      x = nn.relu(norm()(nn.Conv(self.width, (7, 7), (2, 2), use_bias=False)(x)))
+      x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
+    else:
+      x = nn.relu(norm()(nn.Conv(self.width, (3, 3), use_bias=False)(x)))
+    for stage, num_blocks in enumerate(self.stage_sizes):
+      for b in range(num_blocks):
+        strides = 2 if stage > 0 and b == 0 else 1
+        x = self.block(self.width * 2**stage, strides, norm)(x)
+    return jnp.mean(x, axis=(1, 2))
+
+
+ResNet18 = functools.partial(ResNet, stage_sizes=(2, 2, 2, 2), block=BasicBlock)
+ResNet50 = functools.partial(ResNet, stage_sizes=(3, 4, 6, 3), block=BottleneckBlock)

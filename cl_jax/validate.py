@@ -1,0 +1,57 @@
+"""Config checks that run before anything is loaded or compiled.
+
+Each failure is a `ConfigError` whose message names the field, the value and the valid choices.
+"""
+import ml_collections
+
+from cl_jax import losses, models, optim
+from cl_jax.data import features
+
+
+class ConfigError(ValueError):
+  """An invalid experiment config."""
+
+
+def _choice(field: str, value, choices):
+  if value not in choices:
+    raise ConfigError(f"{field}={value!r} is not one of: {', '.join(map(str, choices))}.")
+
+
+def _positive(field: str, value):
+  if not value > 0:
+    raise ConfigError(f"{field}={value!r} must be > 0.")
+
+
+def check_config(config: ml_collections.ConfigDict, num_devices: int, num_processes: int = 1):
+  """Raise `ConfigError` for the first problem found in `config`."""
+  data, model, train = config.data, config.model, config.train
+  _choice("model.encoder", model.encoder, sorted(models.ENCODERS))
+  _choice("loss.name", config.loss.name, sorted(losses.CONTRASTIVE_LOSSES))
+  _choice("optim.name", config.optim.name, optim.OPTIMIZERS)
+  _choice("optim.schedule", config.optim.schedule, optim.SCHEDULES)
+  _choice("optim.lr_scaling", config.optim.lr_scaling, optim.LR_SCALINGS)
+  if not 0 <= data.random_bits <= features.MAX_RANDOM_BITS:
+    raise ConfigError(f"data.random_bits={data.random_bits} must be in [0, "
+                      f"{features.MAX_RANDOM_BITS}] (one constant input channel per bit).")
+  min_size = models.ENCODERS[model.encoder]().min_image_size
+  if data.image_size < min_size:
+    raise ConfigError(f"data.image_size={data.image_size} is too small for model.encoder="
+                      f"'{model.encoder}', which needs images of at least {min_size} px.")
+  if not 0 < data.crop_area_min <= 1:
+    raise ConfigError(f"data.crop_area_min={data.crop_area_min} must be in (0, 1].")
+  _positive("loss.temperature", config.loss.temperature)
+  _positive("optim.learning_rate", config.optim.learning_rate)
+  _positive("model.head_layers", model.head_layers)
+  _positive("model.embed_dim", model.embed_dim)
+  _positive("train.batch_size", train.batch_size)
+  if train.batch_size % num_devices:
+    raise ConfigError(f"train.batch_size={train.batch_size} (the global batch) must be divisible "
+                      f"by the number of devices, {num_devices}; e.g. "
+                      f"{-(-train.batch_size // num_devices) * num_devices}.")
+  if train.batch_size % num_processes:
+    raise ConfigError(f"train.batch_size={train.batch_size} must be divisible by the number of "
+                      f"processes, {num_processes}.")
+  if train.num_steps <= 0 and train.num_epochs <= 0:
+    raise ConfigError("Set train.num_steps > 0 or train.num_epochs > 0 (steps win when > 0).")
+  _positive("train.log_every_steps", train.log_every_steps)
+  _positive("train.checkpoint_every_steps", train.checkpoint_every_steps)

@@ -1,0 +1,89 @@
+"""SimCLR with random-bit channels shared between views (Chen, Luo, Li 2021; SPEC §2.1, §3).
+
+  python -m cl_jax.main --config=configs/simclr_randbit.py --workdir=runs/randbit
+  python -m cl_jax.main --config=configs/simclr_randbit.py:mnist --workdir=...   (tfds mnist)
+  python -m cl_jax.main --config=configs/simclr_randbit.py:cifar10 --workdir=... (tfds cifar10)
+
+No argument: the embedded default — scikit-learn's 1,797 8×8 digits upsampled to 16 px, the colab
+ConvNet, a few minutes on a laptop CPU.
+"""
+import ml_collections
+
+
+def get_config(arg=None):
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "digits"        # 'digits' (embedded) or a tfds name: mnist, cifar10, ...
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
+  c.data.image_size = 16
+  c.data.random_bits = 5           # k constant bit planes appended after augmentation
+  c.data.crop_area_min = 0.5       # random resized crop, area in (crop_area_min, 1)
+  c.data.flip = False
+  c.data.color_jitter = 0.0        # strength s (RGB only)
+  c.data.grayscale_prob = 0.0      # RGB only
+  c.data.blur_prob = 0.0
+
+  c.model = ml_collections.ConfigDict()
+  c.model.encoder = "convnet"
+  c.model.head_layers = 2
+  c.model.head_hidden_dim = 128
+  c.model.embed_dim = 64           # the embedding size (head output)
+
+  c.loss = ml_collections.ConfigDict()
+  c.loss.name = "ntxent"
+  c.loss.temperature = 0.2
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.name = "adam"
+  c.optim.learning_rate = 1e-3
+  c.optim.lr_scaling = "none"      # none | linear (×B/256) | sqrt (×√B)
+  c.optim.schedule = "linear"      # cosine | linear | constant, after warm-up
+  c.optim.warmup_epochs = 0.0
+  c.optim.weight_decay = 0.0
+  c.optim.momentum = 0.9           # sgd / lars
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 256         # GLOBAL batch
+  c.train.num_epochs = 100
+  c.train.num_steps = -1           # > 0 overrides num_epochs
+  c.train.log_every_steps = 50
+  c.train.checkpoint_every_steps = 200
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.batch_size = 512
+  c.eval.l2 = 1e-3                 # L2 penalty of the linear probe (standardised features)
+  c.eval.probe_steps = 200         # L-BFGS iterations
+
+  if arg == "mnist":  # the randbits_mnist colab: batch 1000, 10 epochs, Adam 1e-3 linear decay
+    c.data.dataset = "mnist"
+    c.data.image_size = 28
+    c.train.batch_size = 1000
+    c.train.num_epochs = 10
+    c.train.log_every_steps = 20
+    c.train.checkpoint_every_steps = 300
+  elif arg == "cifar10":  # SimCLR CIFAR-10 recipe: ResNet-18, B=512, LARS lr 1.0×B/256, τ=0.5
+    c.data.dataset = "cifar10"
+    c.data.image_size = 32
+    c.data.crop_area_min = 0.08
+    c.data.flip = True
+    c.data.color_jitter = 0.5
+    c.data.grayscale_prob = 0.2
+    c.model.encoder = "resnet18_cifar"
+    c.model.head_hidden_dim = 512
+    c.model.embed_dim = 128
+    c.loss.temperature = 0.5
+    c.optim.name = "lars"
+    c.optim.learning_rate = 1.0
+    c.optim.lr_scaling = "linear"
+    c.optim.schedule = "cosine"
+    c.optim.warmup_epochs = 10
+    c.optim.weight_decay = 1e-4
+    c.train.batch_size = 512
+    c.train.num_epochs = 1000
+    c.train.log_every_steps = 100
+    c.train.checkpoint_every_steps = 2000
+  elif arg is not None:
+    raise ValueError(f"Unknown variant {arg!r} of simclr_randbit: use none, 'mnist' or 'cifar10'.")
+  return c
