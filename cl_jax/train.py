@@ -154,28 +154,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       num_steps=num_steps, process_index=jax.process_index(),
       process_count=jax.process_count()), mesh)
 
-  # ---- Train.
+  # ---- Train (an exception still lets in-flight checkpoints finish).
   logging.info("Training %d steps (%d per epoch) of global batch %d on %d device(s).",
                num_steps, per_epoch, batch_size, mesh.devices.size)
   pending, t_last, s_last = [], time.time(), start_step
-  for step, batch in zip(range(start_step + 1, num_steps + 1), batches):
-    state, metrics = step_fn(state, batch)
-    pending.append(metrics)
-    progress(step)
-    if step % config.train.log_every_steps == 0 or step == num_steps:
-      summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-      pending = []
-      writer.write_scalars(step, summary)
-      rate = (step - s_last) / (time.time() - t_last)
-      t_last, s_last = time.time(), step
-      logging.info("step %d/%d | %s | %.1f steps/s | ETA %s", step, num_steps,
-                   " | ".join(f"{k} {v:.4g}" for k, v in summary.items()), rate,
-                   time.strftime("%H:%M:%S", time.gmtime((num_steps - step) / max(rate, 1e-9))))
-    if step % config.train.checkpoint_every_steps == 0 or step == num_steps:
-      manager.save(step, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state),
-          config=ocp.args.JsonSave(json.loads(config.to_json()))))
-  manager.wait_until_finished()
+  try:
+    for step, batch in zip(range(start_step + 1, num_steps + 1), batches):
+      state, metrics = step_fn(state, batch)
+      pending.append(metrics)
+      progress(step)
+      if step % config.train.log_every_steps == 0 or step == num_steps:
+        summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+        pending = []
+        writer.write_scalars(step, summary)
+        rate = (step - s_last) / (time.time() - t_last)
+        t_last, s_last = time.time(), step
+        eta = time.strftime("%H:%M:%S", time.gmtime((num_steps - step) / max(rate, 1e-9)))
+        logging.info("step %d/%d | %s | %.1f steps/s | ETA %s", step, num_steps,
+                     " | ".join(f"{k} {v:.4g}" for k, v in summary.items()), rate, eta)
+      if step % config.train.checkpoint_every_steps == 0 or step == num_steps:
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            config=ocp.args.JsonSave(json.loads(config.to_json()))))
+  finally:
+    manager.wait_until_finished()
+    manager.close()
 
   # ---- Evaluate.
   variables = {"params": state.params, "batch_stats": state.batch_stats}

@@ -20,8 +20,9 @@ def random_resized_crop(image, seed, area_range, aspect_range=(3 / 4, 4 / 3)):
       aspect_ratio_range=aspect_range, area_range=area_range, max_attempts=100,
       use_image_if_no_bounding_boxes=True)
   crop = tf.slice(image, begin, size)
-  out = tf.image.resize(crop, shape[:2], method="bicubic")
-  return tf.clip_by_value(out, 0.0, 1.0)
+  out = tf.clip_by_value(tf.image.resize(crop, shape[:2], method="bicubic"), 0.0, 1.0)
+  out.set_shape(image.shape)  # keep the static shape for the ops that follow
+  return out
 
 
 def color_jitter(image, seed, strength):

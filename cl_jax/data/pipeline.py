@@ -28,9 +28,11 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
 def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed: int,
                   batch_size: int, start_step: int, num_steps: int, process_index: int = 0,
                   process_count: int = 1) -> tf.data.Dataset:
-  """Process-local batches {view1, view2, <label>...} for global steps [start_step, num_steps).
+  """Process-local batches {view1, view2, index, <label>...} for global steps
+  [start_step, num_steps).
 
-  view1/view2: float32 [B/P, S, S, C + random_bits]; labels: int32 [B/P].
+  view1/view2: float32 [B/P, S, S, C + random_bits]; index (position in the split) and labels:
+  int32 [B/P].
   """
   n, num_bits = len(split), data_config.random_bits
   per_epoch = steps_per_epoch(n, batch_size)
@@ -52,7 +54,7 @@ def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed:
     views = [features.append_bit_planes(augment.augment(image, s, data_config),
                                         tf.gather(bit_ints, index), num_bits)
              for s in tf.unstack(view_seeds)]
-    return {"view1": views[0], "view2": views[1],
+    return {"view1": views[0], "view2": views[1], "index": tf.cast(index, tf.int32),
             **{k: tf.gather(v, index) for k, v in labels.items()}}
 
   ds = tf.data.Dataset.range(start_step * batch_size, num_steps * batch_size)

@@ -1,0 +1,139 @@
+"""Data: embedded source, random bits (SPEC §2.1), two-view pipeline determinism and slicing."""
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+
+from cl_jax.data import features, pipeline, sources
+
+
+def decode_bits(images: np.ndarray, num_channels: int, num_bits: int) -> np.ndarray:
+  """Integer encoded by the constant bit planes after the first `num_channels` channels."""
+  planes = images[..., num_channels:]
+  # Each plane must be constant over H×W and hold 0 or 1.
+  assert np.all(planes == planes[:, :1, :1, :])
+  assert set(np.unique(planes)) <= {0.0, 1.0}
+  return (planes[:, 0, 0, :].astype(np.int64) << np.arange(num_bits)).sum(-1)
+
+
+@pytest.fixture
+def data_config(digits_config):
+  digits_config.data.random_bits = 7
+  return digits_config.data
+
+
+def test_digits_source_is_fixed_stratified_split():
+  train, test = sources.load_digits("train", 16), sources.load_digits("test", 16)
+  assert train.images.shape == (1347, 16, 16, 1) and test.images.shape == (450, 16, 16, 1)
+  assert train.images.dtype == np.uint8 and train.images.max() == 255
+  # Stratified: every class in both splits in the same proportions (±1 image).
+  assert np.all(np.abs(np.bincount(test.labels["label"]) -
+                       np.bincount(train.labels["label"]) / 3) <= 1.5)
+  np.testing.assert_array_equal(sources.load_digits("train", 16).images, train.images)
+
+
+def test_bits_identical_in_both_views_and_decode_to_the_image_integer(data_config):
+  split = sources.load(data_config, "train")
+  expected = features.random_bit_integers(len(split), 7, seed=0, split="train")
+  ds = pipeline.train_dataset(split, data_config, seed=0, batch_size=64, start_step=0,
+                              num_steps=3)
+  for batch in ds.as_numpy_iterator():
+    np.testing.assert_array_equal(batch["view1"][..., 1:], batch["view2"][..., 1:])
+    np.testing.assert_array_equal(decode_bits(batch["view1"], 1, 7), expected[batch["index"]])
+    # The image channel was augmented independently in the two views.
+    assert np.abs(batch["view1"][..., 0] - batch["view2"][..., 0]).mean() > 0.02
+    np.testing.assert_array_equal(batch["label"], split.labels["label"][batch["index"]])
+
+
+def test_bits_fixed_per_image_across_epochs(data_config):
+  split = sources.load(data_config, "train")
+  per_epoch = pipeline.steps_per_epoch(len(split), 64)
+  seen = {}
+  ds = pipeline.train_dataset(split, data_config, seed=0, batch_size=64, start_step=0,
+                              num_steps=3 * per_epoch)
+  repeats = 0
+  for batch in ds.as_numpy_iterator():
+    for i, b in zip(batch["index"], decode_bits(batch["view1"], 1, 7)):
+      repeats += i in seen
+      assert seen.setdefault(i, b) == b
+  assert repeats > len(split)  # images really were seen again in later epochs
+
+
+def test_epochs_are_permutations_and_differ(data_config):
+  split = sources.load(data_config, "train")
+  per_epoch = pipeline.steps_per_epoch(len(split), 64)
+  ds = pipeline.train_dataset(split, data_config, seed=0, batch_size=64, start_step=0,
+                              num_steps=2 * per_epoch)
+  idx = np.concatenate([b["index"] for b in ds.as_numpy_iterator()]).reshape(2, -1)
+  assert len(set(idx[0])) == idx.shape[1] and len(set(idx[1])) == idx.shape[1]
+  assert not np.array_equal(idx[0], idx[1])
+
+
+def test_pipeline_resumes_exactly_and_is_seeded(data_config):
+  split = sources.load(data_config, "train")
+  make = lambda seed, start: list(pipeline.train_dataset(
+      split, data_config, seed=seed, batch_size=32, start_step=start,
+      num_steps=8).as_numpy_iterator())
+  full, resumed, other = make(0, 0), make(0, 5), make(1, 0)
+  for a, b in zip(full[5:], resumed):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
+  assert not np.array_equal(full[0]["index"], other[0]["index"])
+
+
+def test_process_slices_tile_the_global_batch(data_config):
+  split = sources.load(data_config, "train")
+  make = lambda p, count: next(pipeline.train_dataset(
+      split, data_config, seed=0, batch_size=32, start_step=2, num_steps=3, process_index=p,
+      process_count=count).as_numpy_iterator())
+  whole = make(0, 1)
+  parts = [make(p, 4) for p in range(4)]
+  for k in whole:
+    np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
+
+
+def test_eval_images_carry_the_bits_unaugmented(data_config):
+  split = sources.load(data_config, "test")
+  batches = list(pipeline.eval_dataset(split, data_config, seed=0, split_name="test",
+                                       batch_size=100).as_numpy_iterator())
+  images = np.concatenate([b["image"] for b in batches])
+  valid = np.concatenate([b["valid"] for b in batches])
+  assert images.shape[0] == 500 and valid.sum() == len(split)
+  np.testing.assert_array_equal(decode_bits(images[valid], 1, 7),
+                                features.random_bit_integers(len(split), 7, 0, "test"))
+  np.testing.assert_allclose(images[valid][..., 0], split.images[..., 0] / 255.0, atol=1e-6)
+
+
+def test_zero_bits_adds_no_channel(data_config):
+  data_config.random_bits = 0
+  split = sources.load(data_config, "train")
+  batch = next(pipeline.train_dataset(split, data_config, seed=0, batch_size=8, start_step=0,
+                                      num_steps=1).as_numpy_iterator())
+  assert batch["view1"].shape == (8, 16, 16, 1)
+
+
+def test_rgb_augmentations_stay_in_range():
+  import ml_collections
+  config = ml_collections.ConfigDict(dict(random_bits=3, crop_area_min=0.08, flip=True,
+                                          color_jitter=0.5, grayscale_prob=0.2, blur_prob=0.5))
+  rng = np.random.default_rng(0)
+  split = sources.Split(images=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
+                        labels={"label": np.zeros(40, np.int32)}, num_classes={"label": 1})
+  batch = next(pipeline.train_dataset(split, config, seed=0, batch_size=40, start_step=0,
+                                      num_steps=1).as_numpy_iterator())
+  assert batch["view1"].shape == (40, 32, 32, 6)
+  assert batch["view1"].min() >= 0.0 and batch["view1"].max() <= 1.0
+  assert np.abs(batch["view1"][..., :3] - batch["view2"][..., :3]).mean() > 0.05
+
+
+def test_tfds_source_reads_labels_and_resizes():
+  with tfds.testing.mock_data(num_examples=12):
+    split = sources.load_tfds("cifar100", "train", image_size=16)
+  assert split.images.shape == (12, 16, 16, 3) and split.images.dtype == np.uint8
+  assert dict(split.num_classes) == {"label": 100, "coarse_label": 20}
+
+
+def test_unprepared_tfds_dataset_names_the_fixes(tmp_path):
+  with pytest.raises(sources.DataError, match=r"(?s)tfds build mnist.*data_dir.*digits"):
+    sources.load_tfds("mnist", "train", 28, data_dir=str(tmp_path))
+  with pytest.raises(sources.DataError, match="nor a known tfds dataset"):
+    sources.load_tfds("no_such_dataset_xyz", "train", 28)

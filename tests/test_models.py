@@ -1,0 +1,84 @@
+"""Encoders and heads: shapes, SimCLR conventions, optimizer masks and schedules."""
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+import flax
+
+from cl_jax import models, optim
+
+
+def _model(encoder, head_layers=2, embed_dim=8):
+  return models.create_model(ml_collections.ConfigDict(dict(
+      encoder=encoder, head_layers=head_layers, head_hidden_dim=16, embed_dim=embed_dim)),
+      {"label": 10})
+
+
+@pytest.mark.parametrize("encoder,size,h_dim", [
+    ("convnet", 16, 128), ("resnet18_cifar", 32, 512), ("resnet18", 64, 512),
+    ("resnet50_cifar", 32, 2048), ("resnet50", 64, 2048)])
+def test_encoder_output_shapes(encoder, size, h_dim):
+  model = _model(encoder)
+  x = jnp.zeros((2, size, size, 4))
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  h, z, logits = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert h.shape == (2, h_dim) and z.shape == (2, 8) and logits["label"].shape == (2, 10)
+
+
+def test_resnet18_forward_and_zero_init_of_last_block_bn():
+  model = _model("resnet18_cifar")
+  x = jax.random.uniform(jax.random.PRNGKey(0), (2, 8, 8, 3))
+  variables = model.init(jax.random.PRNGKey(0), x, train=False)
+  params = flax.traverse_util.flatten_dict(variables["params"], sep="/")
+  assert sum(v.size for v in params.values()) > 11e6  # ResNet-18 has ~11.2M parameters
+  # Second BN of every BasicBlock starts with γ = 0, so each block starts as the identity.
+  block_bn1 = [k for k in params if "BasicBlock" in k and k.endswith("BatchNorm_1/scale")]
+  assert len(block_bn1) == 8 and all(np.all(params[k] == 0) for k in block_bn1)
+  h, _, _ = model.apply(variables, x, train=False)
+  assert np.all(np.isfinite(h)) and h.shape == (2, 512)
+
+
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_projection_head_depth(layers):
+  model = _model("convnet", head_layers=layers)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 1)),
+                                                train=False))
+  head = variables["params"]["head"]
+  assert sorted(k for k in head if k.startswith("Dense")) == [f"Dense_{i}" for i in range(layers)]
+  assert "bias" not in head[f"BatchNorm_{layers - 1}"]  # last BN: no centring
+
+
+def test_decay_mask_excludes_batchnorm_biases_and_probe():
+  model = _model("convnet")
+  params = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 1)), train=False)["params"]
+  mask = flax.traverse_util.flatten_dict(optim.decay_mask(params), sep="/")
+  assert mask["encoder/Conv_0/kernel"] and mask["head/Dense_0/kernel"]
+  assert not mask["encoder/BatchNorm_0/scale"] and not mask["encoder/BatchNorm_0/bias"]
+  assert not mask["probe_label/kernel"] and not mask["probe_label/bias"]
+
+
+def test_schedule_warmup_cosine_and_lr_scaling():
+  cfg = ml_collections.ConfigDict(dict(learning_rate=1.0, lr_scaling="linear",
+                                       schedule="cosine", warmup_epochs=1.0))
+  schedule = optim.learning_rate_schedule(cfg, batch_size=512, num_steps=100, steps_per_epoch=10)
+  np.testing.assert_allclose([schedule(0), schedule(5), schedule(10), schedule(100)],
+                             [0.0, 1.0, 2.0, 0.0], atol=1e-6)  # peak 1.0 × 512/256
+  np.testing.assert_allclose(schedule(55), 1.0, atol=1e-6)  # cosine half-way
+  cfg.update(dict(lr_scaling="sqrt", schedule="linear", warmup_epochs=0.0))
+  schedule = optim.learning_rate_schedule(cfg, batch_size=64, num_steps=100, steps_per_epoch=10)
+  np.testing.assert_allclose([schedule(0), schedule(50)], [8.0, 4.0], atol=1e-6)
+
+
+def test_lars_skips_trust_ratio_and_decay_on_masked_params():
+  cfg = ml_collections.ConfigDict(dict(name="lars", weight_decay=0.1, momentum=0.0))
+  tx = optim.create_optimizer(cfg, lambda _: 1.0)
+  params = {"encoder": {"Conv_0": {"kernel": jnp.full((2,), 10.0)},
+                        "BatchNorm_0": {"scale": jnp.full((2,), 10.0)}}}
+  grads = jax.tree.map(jnp.ones_like, params)
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Masked (BN) leaf: plain SGD step −lr·g. Kernel: trust-ratio-scaled step with weight decay.
+  np.testing.assert_allclose(updates["encoder"]["BatchNorm_0"]["scale"], -1.0)
+  decayed = 1.0 + 0.1 * 10.0                    # g + wd·p per element
+  trust = 1e-3 * 10.0 / decayed                 # η·‖p‖/‖g + wd·p‖ (same √2 factors cancel)
+  np.testing.assert_allclose(updates["encoder"]["Conv_0"]["kernel"], -trust * decayed, rtol=1e-5)

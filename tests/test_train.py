@@ -1,0 +1,164 @@
+"""End to end: training runs, outputs, exact resumption, and errors before anything compiles."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import pytest
+import tensorflow_datasets as tfds
+
+from cl_jax import train, validate
+from cl_jax.data import pipeline, sources
+from configs import simclr_randbit
+
+ONE_DEVICE = jax.devices()[:1]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_embedded_digits_end_to_end(digits_config, tmp_path):
+  result = train.train_and_evaluate(digits_config, str(tmp_path))  # all 8 fake devices
+  assert result["step"] == 6
+  with open(tmp_path / "eval.json") as f:
+    assert json.load(f) == result
+  assert set(result["linear_eval"]) == {"label", "bits"}
+  assert 0.0 <= result["linear_eval"]["label"] <= 1.0
+  assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
+  assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # max_to_keep=2
+
+
+def _crash_after(num_batches, monkeypatch):
+  original = pipeline.global_batches
+
+  def crashing(ds, mesh):
+    for i, batch in enumerate(original(ds, mesh)):
+      if i == num_batches:
+        raise RuntimeError("simulated crash")
+      yield batch
+  monkeypatch.setattr(pipeline, "global_batches", crashing)
+
+
+def test_resumed_run_equals_uninterrupted_run(digits_config, tmp_path, monkeypatch):
+  uninterrupted = train.train_and_evaluate(digits_config, str(tmp_path / "a"), ONE_DEVICE)
+  _crash_after(3, monkeypatch)  # steps 1-3 run, checkpoint at 2, crash fetching step 4
+  with pytest.raises(RuntimeError, match="simulated crash"):
+    train.train_and_evaluate(digits_config, str(tmp_path / "b"), ONE_DEVICE)
+  assert os.listdir(tmp_path / "b" / "checkpoints") == ["2"]
+  assert not (tmp_path / "b" / "eval.json").exists()
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(digits_config, str(tmp_path / "b"), ONE_DEVICE)
+  assert resumed == uninterrupted  # exact equality of every accuracy
+
+
+def test_incompatible_checkpoint_is_refused_and_left_untouched(digits_config, tmp_path):
+  digits_config.train.num_steps = 2
+  train.train_and_evaluate(digits_config, str(tmp_path), ONE_DEVICE)
+  ckpt = tmp_path / "checkpoints"
+  before = {p: os.stat(os.path.join(d, p)).st_mtime_ns for d, _, ps in os.walk(ckpt) for p in ps}
+  digits_config.loss.temperature = 0.5
+  digits_config.data.random_bits = 3
+  with pytest.raises(validate.ConfigError, match=r"(?s)different experiment.*"
+                     r"data.random_bits: checkpoint 5 vs now 3.*loss.temperature"):
+    train.train_and_evaluate(digits_config, str(tmp_path), ONE_DEVICE)
+  after = {p: os.stat(os.path.join(d, p)).st_mtime_ns for d, _, ps in os.walk(ckpt) for p in ps}
+  assert after == before
+
+
+@pytest.mark.parametrize("variant", ["mnist", "cifar10"])
+def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
+  config = simclr_randbit.get_config(variant)
+  assert config.data.dataset == variant
+  # The ResNet-18 of the cifar10 variant takes ~90 s to compile on 2 CPU cores: it is covered by
+  # test_models.py; here the variant's RGB augmentations and tfds labels run end to end.
+  config.model.encoder = "convnet"
+  config.data.image_size = 16
+  config.model.head_hidden_dim = 16
+  config.model.embed_dim = 8
+  config.train.batch_size = 16
+  config.train.num_steps = 2
+  config.train.log_every_steps = 1
+  config.eval.probe_steps = 5
+  with tfds.testing.mock_data(num_examples=32):
+    result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
+  assert set(result["linear_eval"]) == {"label", "bits"} and result["step"] == 2
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("data.dataset", "no_such_dataset_xyz", "nor a known tfds dataset"),
+    ("model.encoder", "vgg", "model.encoder='vgg' is not one of: convnet, resnet18"),
+    ("loss.name", "triplet", "loss.name='triplet' is not one of: ntxent"),
+    ("optim.name", "rmsprop", "optim.name='rmsprop' is not one of: adam, sgd, lars"),
+    ("data.random_bits", -1, r"data.random_bits=-1 must be in \[0, 30\]"),
+    ("data.random_bits", 31, r"data.random_bits=31 must be in \[0, 30\]"),
+    ("train.batch_size", 0, "train.batch_size=0 must be > 0"),
+    ("train.batch_size", 60, "train.batch_size=60 .* divisible by the number of devices, 8"),
+    ("train.batch_size", 4096, "larger than the training set"),
+    ("loss.temperature", 0.0, "loss.temperature=0.0 must be > 0"),
+    ("data.image_size", 4, "data.image_size=4 is too small for model.encoder='convnet'"),
+])
+def test_bad_input_fails_with_a_clear_message_before_compiling(digits_config, tmp_path,
+                                                               monkeypatch, field, value,
+                                                               message):
+  section, name = field.split(".")
+  setattr(getattr(digits_config, section), name, value)
+  monkeypatch.setattr(train, "create_train_state", lambda *a, **k: pytest.fail("compiled"))
+  with pytest.raises((validate.ConfigError, sources.DataError), match=message):
+    train.train_and_evaluate(digits_config, str(tmp_path))
+
+
+def test_unprepared_tfds_dataset_fails_before_compiling(digits_config, tmp_path, monkeypatch):
+  digits_config.data.dataset = "mnist"
+  digits_config.data.data_dir = str(tmp_path / "tfds")
+  monkeypatch.setattr(train, "create_train_state", lambda *a, **k: pytest.fail("compiled"))
+  with pytest.raises(sources.DataError, match=r"(?s)not prepared.*tfds build mnist.*digits"):
+    train.train_and_evaluate(digits_config, str(tmp_path))
+
+
+def _main(workdir, *overrides):
+  return [sys.executable, "-m", "cl_jax.main", "--config=configs/simclr_randbit.py",
+          f"--workdir={workdir}", "--config.model.head_hidden_dim=32",
+          "--config.model.embed_dim=16", "--config.eval.probe_steps=20",
+          "--config.train.batch_size=64", "--config.train.log_every_steps=5", *overrides]
+
+
+def test_command_line_overrides_and_sigkill_resume(tmp_path):
+  """The CLI applies overrides; a run killed with SIGKILL resumes to the same eval.json."""
+  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  args = ["--config.train.num_steps=40", "--config.train.checkpoint_every_steps=10",
+          "--config.data.random_bits=3", "--config.loss.temperature=0.3"]
+  done = subprocess.run(_main(tmp_path / "a", *args), cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert "step 40/40" in done.stderr and "ETA" in done.stderr
+  assert "Linear evaluation (test accuracy) at step 40" in done.stderr
+  uninterrupted = json.loads((tmp_path / "a" / "eval.json").read_text())
+  assert set(uninterrupted["linear_eval"]) == {"label", "bits"}
+  saved = json.loads((tmp_path / "a" / "checkpoints" / "40" / "config" / "metadata").read_text())
+  assert saved["data"]["random_bits"] == 3 and saved["loss"]["temperature"] == 0.3
+
+  run = subprocess.Popen(_main(tmp_path / "b", *args), cwd=REPO, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+  deadline = time.time() + 240
+  while not (tmp_path / "b" / "checkpoints" / "20").exists() and run.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+  run.send_signal(signal.SIGKILL)
+  run.wait()
+  assert not (tmp_path / "b" / "eval.json").exists(), "killed too late to test resumption"
+  again = subprocess.run(_main(tmp_path / "b", *args), cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert "Resumed from checkpoint at step" in again.stderr
+  assert json.loads((tmp_path / "b" / "eval.json").read_text()) == uninterrupted
+
+
+def test_command_line_bad_input_exits_with_one_paragraph(tmp_path):
+  done = subprocess.run(_main(tmp_path, "--config.data.random_bits=99"), cwd=REPO,
+                        capture_output=True, text=True, timeout=120,
+                        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 1
+  assert done.stderr.strip().endswith(
+      "error: data.random_bits=99 must be in [0, 30] (one constant input channel per bit).")
+  assert "Traceback" not in done.stderr
