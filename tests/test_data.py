@@ -137,3 +137,26 @@ def test_unprepared_tfds_dataset_names_the_fixes(tmp_path):
     sources.load_tfds("mnist", "train", 28, data_dir=str(tmp_path))
   with pytest.raises(sources.DataError, match="nor a known tfds dataset"):
     sources.load_tfds("no_such_dataset_xyz", "train", 28)
+
+
+def _write_idx(path, array):
+  header = bytes([0, 0, 8, array.ndim]) + np.array(array.shape, ">u4").tobytes()
+  path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def test_idx_source_reads_mnist_format_files(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (50, 28, 28), dtype=np.uint8)
+  labels = np.repeat(np.arange(10), 5).astype(np.uint8)
+  _write_idx(tmp_path / "t10k-images-idx3-ubyte", images)
+  _write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+  train = sources.load_idx(str(tmp_path), "train", 28)
+  test = sources.load_idx(str(tmp_path), "test", 28)
+  assert len(train) == 40 and len(test) == 10  # stratified 80/20 of the t10k files
+  assert sorted(test.labels["label"]) == list(range(10))
+  whole = {(img.tobytes(), int(lab)) for img, lab in zip(images, labels)}
+  got = {(img[..., 0].tobytes(), int(lab)) for s in (train, test)
+         for img, lab in zip(s.images, s.labels["label"])}
+  assert got == whole  # pixels and labels travel together, nothing lost
+  with pytest.raises(sources.DataError, match="needs data.data_dir"):
+    sources.load_idx(str(tmp_path / "missing"), "train", 28)

@@ -11,6 +11,7 @@ from typing import Mapping
 import numpy as np
 
 EMBEDDED = "digits"
+IDX = "mnist_idx"  # MNIST-format IDX files in data.data_dir (e.g. ../shared/data/mnist)
 # The embedded default's fixed, stratified split (of 1,797 images: 1,347 train / 450 test).
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
@@ -51,6 +52,47 @@ def load_digits(split: str, image_size: int) -> Split:
   idx = {"train": train_idx, "test": test_idx}[split]
   return Split(images=_resize(images[idx], image_size), labels={"label": labels[idx]},
                num_classes={"label": 10})
+
+
+def _read_idx(path: str) -> np.ndarray:
+  """An IDX file (optionally .gz): big-endian dims after a 4-byte magic; uint8 payload."""
+  import gzip  # pylint: disable=g-import-not-at-top
+  with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+    raw = f.read()
+  ndim = raw[3]
+  dims = np.frombuffer(raw[4:4 + 4 * ndim], dtype=">u4").astype(int)
+  return np.frombuffer(raw[4 + 4 * ndim:], dtype=np.uint8).reshape(dims)
+
+
+def load_idx(directory, split: str, image_size: int) -> Split:
+  """MNIST in the original IDX format from `directory` ({train,t10k}-{images-idx3,labels-idx1}
+  -ubyte[.gz]). If only the t10k files are there, a fixed stratified 80/20 split of them serves
+  as train/test."""
+  import os  # pylint: disable=g-import-not-at-top
+
+  def find(prefix):
+    for name in (prefix, prefix + ".gz"):
+      if directory and os.path.exists(os.path.join(directory, name)):
+        return os.path.join(directory, name)
+    return None
+
+  if find("t10k-images-idx3-ubyte") is None:
+    raise DataError(f"data.dataset='{IDX}' needs data.data_dir to be a folder with MNIST IDX files"
+                    f" (t10k-images-idx3-ubyte[.gz], ...); got data.data_dir={directory!r}.")
+  if find("train-images-idx3-ubyte"):
+    prefix = "train" if split == "train" else "t10k"
+    images = _read_idx(find(f"{prefix}-images-idx3-ubyte"))
+    labels = _read_idx(find(f"{prefix}-labels-idx1-ubyte"))
+  else:
+    from sklearn import model_selection  # pylint: disable=g-import-not-at-top
+    images = _read_idx(find("t10k-images-idx3-ubyte"))
+    labels = _read_idx(find("t10k-labels-idx1-ubyte"))
+    train_idx, test_idx = model_selection.train_test_split(
+        np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
+    idx = train_idx if split == "train" else test_idx
+    images, labels = images[idx], labels[idx]
+  return Split(images=_resize(images[..., None], image_size),
+               labels={"label": labels.astype(np.int32)}, num_classes={"label": 10})
 
 
 def not_prepared_message(name: str, data_dir) -> str:
@@ -108,4 +150,6 @@ def load(data_config, split: str) -> Split:
   """The `split` ('train' or 'test') of `data_config.dataset` at `data_config.image_size`."""
   if data_config.dataset == EMBEDDED:
     return load_digits(split, data_config.image_size)
+  if data_config.dataset == IDX:
+    return load_idx(data_config.data_dir, split, data_config.image_size)
   return load_tfds(data_config.dataset, split, data_config.image_size, data_config.data_dir)
