@@ -17,6 +17,7 @@ import numpy as np
 import optax
 from jax.experimental import multihost_utils
 
+from cl_jax import losses
 from cl_jax.data import features, pipeline
 from cl_jax.data.sources import Split
 
@@ -89,3 +90,30 @@ def linear_eval(model, variables, train: Split, test: Split, config, mesh) -> Ma
     results["bits"] = float(np.mean([probe(train_h, bits[0][:, i], test_h, bits[1][:, i], 2)
                                      for i in range(k)]))
   return results
+
+
+def representation_metrics(z1: jax.Array, z2: jax.Array) -> dict:
+  """Wang & Isola (2020) alignment and uniformity, and the effective rank (SPEC §1.8), of the
+  embeddings z of two views (N×d each)."""
+  z = jnp.concatenate([z1, z2])
+  return {"alignment": losses.alignment(z1, z2), "uniformity": losses.uniformity(z),
+          "effective_rank": losses.effective_rank(z)}
+
+
+def test_representation_metrics(model, variables, test: Split, config, mesh) -> dict:
+  """`representation_metrics` of the head outputs z (BatchNorm in inference mode) for two
+  augmented views of up to eval.batch_size test images — the same views in every run with the
+  same seed."""
+  num_devices = mesh.devices.size
+  batch_size = min(config.eval.batch_size, len(test)) // num_devices * num_devices
+  ds = pipeline.train_dataset(test, config.data, seed=config.seed, batch_size=batch_size,
+                              start_step=0, num_steps=1, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+  batch = next(pipeline.global_batches(ds, mesh))
+
+  @jax.jit
+  def metrics(v, x1, x2):
+    z = model.apply(v, jnp.concatenate([x1, x2]), train=False)[1]
+    return representation_metrics(z[:batch_size], z[batch_size:])
+
+  return {k: float(v) for k, v in metrics(variables, batch["view1"], batch["view2"]).items()}

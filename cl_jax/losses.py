@@ -40,8 +40,117 @@ def ntxent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
   return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, positives))
 
 
+
+# ------------------------------------------------------------------------------------------------
+# Generalized contrastive loss (Chen, Luo, Li 2021; SPEC §1.5, §1.6)
+
+PRIORS = ("logsumexp", "uniform_hypersphere", "gaussian", "uniform_hypercube")
+
+
+def sliced_wasserstein(x: jax.Array, y: jax.Array, projections: jax.Array) -> jax.Array:
+  """Mean over projection directions of the squared 1-D Wasserstein-2 distance.
+
+  SWD(x, y) = (1/P) Σ_p (1/n) Σ_i (sort(x w_p)_i − sort(y w_p)_i)²
+
+  i.e. the square of the usual SWD_2 with these directions (equal sample counts, uniform weights:
+  the 1-D optimal coupling pairs order statistics).
+
+  Args:
+    x, y: [n, d] samples.
+    projections: [d, P] matrix whose columns are the directions w_p.
+  Returns:
+    Scalar; differentiable in x (and y, projections).
+  """
+  px = jnp.sort(x @ projections, axis=0)
+  py = jnp.sort(y @ projections, axis=0)
+  return jnp.mean((px - py) ** 2)
+
+
+def random_orthogonal(key: jax.Array, d: int) -> jax.Array:
+  """A d×d random orthogonal matrix (Haar): QR of a Gaussian matrix, Q·sign(diag R)."""
+  q, r = jnp.linalg.qr(jax.random.normal(key, (d, d)))
+  return q * jnp.sign(jnp.diag(r))[None, :]
+
+
+def sample_prior(key: jax.Array, prior: str, shape) -> jax.Array:
+  """Samples of `prior`: 'gaussian' N(0, 1); 'uniform_hypercube' U(−1, 1)^d; 'uniform_hypersphere'
+  normalised Gaussian (uniform on the unit sphere S^{d−1})."""
+  if prior == "gaussian":
+    return jax.random.normal(key, shape)
+  if prior == "uniform_hypercube":
+    return jax.random.uniform(key, shape, minval=-1.0, maxval=1.0)
+  if prior == "uniform_hypersphere":
+    return l2_normalize(jax.random.normal(key, shape))
+  raise ValueError(f"Unknown prior {prior!r}; choose from {PRIORS[1:]}.")
+
+
+def prior_matching(h: jax.Array, prior_samples: jax.Array, projections: jax.Array) -> jax.Array:
+  """SWD from h to prior samples; gradients flow into h only (samples/projections constant)."""
+  return sliced_wasserstein(h, jax.lax.stop_gradient(prior_samples),
+                            jax.lax.stop_gradient(projections))
+
+
+def generalized(h1: jax.Array, h2: jax.Array, key: jax.Array, *, lam: float, temperature: float,
+                prior: str, hidden_norm: bool, scale: float = 1.0) -> jax.Array:
+  """Generalized contrastive loss  L = scale · (L_align + λ · L_dist)  (SPEC §1.5).
+
+  h1, h2: [N, d] representations of the two views (in training: the projection-head outputs),
+  ℓ2-normalised first when `hidden_norm`.
+  L_align = mean over the N·d elements of (h1 − h2)² / 2.
+  L_dist with H = [h1; h2] (2N×d):
+    'logsumexp' (decoupled NT-Xent, uniform-hypersphere prior): S = H Hᵀ (no masking),
+        L_dist = mean_i logsumexp_k(S_ik / τ) − log d   (the constant only shifts the value);
+    'gaussian' / 'uniform_hypercube' / 'uniform_hypersphere': the sliced-Wasserstein distance
+        between H and 2N prior samples, projected on the columns of a fresh random d×d orthogonal
+        matrix; prior samples and projections are drawn from `key` (the step's key) and are
+        constants for the gradient. Use hidden_norm=True with 'uniform_hypersphere'.
+  Scale: with normalised h, L_align = (1 − mean cos)/d, so 'logsumexp' with λ = τ/d and
+  scale = d equals τ·NT-Xent up to the masked diagonal and a constant (SPEC §1.5).
+  """
+  if hidden_norm:
+    h1, h2 = l2_normalize(h1), l2_normalize(h2)
+  d = h1.shape[-1]
+  align = jnp.mean((h1 - h2) ** 2) / 2
+  h = jnp.concatenate([h1, h2], axis=0)
+  if prior == "logsumexp":
+    dist = jnp.mean(jax.nn.logsumexp(h @ h.T / temperature, axis=1)) - jnp.log(d)
+  else:
+    key_prior, key_proj = jax.random.split(key)
+    dist = prior_matching(h, sample_prior(key_prior, prior, h.shape),
+                          random_orthogonal(key_proj, d))
+  return scale * (align + lam * dist)
+
+
+# ------------------------------------------------------------------------------------------------
+# Representation metrics (Wang & Isola 2020; SPEC §1.8)
+
+def alignment(z1: jax.Array, z2: jax.Array, alpha: float = 2.0) -> jax.Array:
+  """E ‖ẑ1 − ẑ2‖^α over positive pairs of normalised embeddings (lower = better aligned)."""
+  return jnp.mean(jnp.linalg.norm(l2_normalize(z1) - l2_normalize(z2), axis=-1) ** alpha)
+
+
+def uniformity(z: jax.Array, t: float = 2.0) -> jax.Array:
+  """log E_{i≠j} exp(−t ‖ẑ_i − ẑ_j‖²) over distinct pairs (lower = more uniform)."""
+  z = l2_normalize(z)
+  n = z.shape[0]
+  sq = jnp.maximum(2.0 - 2.0 * z @ z.T, 0.0)
+  off_diagonal = ~jnp.eye(n, dtype=bool)
+  return jax.nn.logsumexp(jnp.where(off_diagonal, -t * sq, -jnp.inf)) - jnp.log(n * (n - 1))
+
+
+def effective_rank(z: jax.Array) -> jax.Array:
+  """Effective rank of the embedding covariance C = cov(z) (Roy & Vetterli 2007): exp(H(p)),
+  p = singular values of C normalised to sum 1. 1 for embeddings on a line, d for isotropic ones."""
+  s = jnp.linalg.svd(z - z.mean(0), compute_uv=False) ** 2  # ∝ singular values of C
+  p = s / jnp.sum(s)
+  return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
+
+
 # Config name → loss of (z1, z2, batch, key, loss_config). `batch` holds the labels, `key` is the
 # step's PRNG key (for losses that draw random projections or prior samples).
 CONTRASTIVE_LOSSES = {
     "ntxent": lambda z1, z2, batch, key, cfg: ntxent(z1, z2, cfg.temperature),
+    "generalized": lambda z1, z2, batch, key, cfg: generalized(
+        z1, z2, key, lam=cfg.lam, temperature=cfg.temperature, prior=cfg.prior,
+        hidden_norm=cfg.hidden_norm, scale=cfg.scale),
 }

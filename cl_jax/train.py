@@ -60,7 +60,8 @@ def compute_loss(params, batch_stats, batch, key, *, model, loss_config):
       {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"])
   contrastive = losses.CONTRASTIVE_LOSSES[loss_config.name](z[:n], z[n:], batch, key,
                                                             loss_config)
-  metrics, total = {"loss": contrastive}, contrastive
+  metrics = {"loss": contrastive, **evaluate.representation_metrics(z[:n], z[n:])}
+  total = contrastive
   for name, logits in probe_logits.items():
     labels = jnp.concatenate([batch[name], batch[name]])
     probe_loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -183,9 +184,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   # ---- Evaluate.
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   linear = evaluate.linear_eval(model, variables, train_split, test_split, config, mesh)
-  writer.write_scalars(num_steps, {f"linear_eval/{k}": v for k, v in linear.items()})
+  representation = evaluate.test_representation_metrics(model, variables, test_split, config,
+                                                        mesh)
+  writer.write_scalars(num_steps, {**{f"linear_eval/{k}": v for k, v in linear.items()},
+                                   **{f"test_metrics/{k}": v for k, v in representation.items()}})
   writer.flush()
-  result = {"step": num_steps, "linear_eval": linear}
+  result = {"step": num_steps, "linear_eval": linear, "metrics": representation}
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(result, f, indent=2)

@@ -40,6 +40,15 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   if not 0 < data.crop_area_min <= 1:
     raise ConfigError(f"data.crop_area_min={data.crop_area_min} must be in (0, 1].")
   _positive("loss.temperature", config.loss.temperature)
+  if config.loss.name == "generalized":
+    missing = [f for f in ("lam", "prior", "hidden_norm", "scale") if f not in config.loss]
+    if missing:
+      raise ConfigError(f"loss.name='generalized' needs loss.{', loss.'.join(missing)}; start "
+                        "from configs/generalized_losses.py, which defines them.")
+    _choice("loss.prior", config.loss.prior, losses.PRIORS)
+    if config.loss.lam < 0:
+      raise ConfigError(f"loss.lam={config.loss.lam} must be >= 0.")
+    _positive("loss.scale", config.loss.scale)
   _positive("optim.learning_rate", config.optim.learning_rate)
   _positive("model.head_layers", model.head_layers)
   _positive("model.embed_dim", model.embed_dim)

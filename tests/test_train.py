@@ -25,6 +25,7 @@ def test_embedded_digits_end_to_end(digits_config, tmp_path):
     assert json.load(f) == result
   assert set(result["linear_eval"]) == {"label", "bits"}
   assert 0.0 <= result["linear_eval"]["label"] <= 1.0
+  assert set(result["metrics"]) == {"alignment", "uniformity", "effective_rank"}
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # max_to_keep=2
 
@@ -88,7 +89,7 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
 @pytest.mark.parametrize("field,value,message", [
     ("data.dataset", "no_such_dataset_xyz", "nor a known tfds dataset"),
     ("model.encoder", "vgg", "model.encoder='vgg' is not one of: convnet, resnet18"),
-    ("loss.name", "triplet", "loss.name='triplet' is not one of: ntxent"),
+    ("loss.name", "triplet", "loss.name='triplet' is not one of: generalized, ntxent"),
     ("optim.name", "rmsprop", "optim.name='rmsprop' is not one of: adam, sgd, lars"),
     ("data.random_bits", -1, r"data.random_bits=-1 must be in \[0, 30\]"),
     ("data.random_bits", 31, r"data.random_bits=31 must be in \[0, 30\]"),
