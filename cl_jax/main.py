@@ -1,6 +1,5 @@
 """Entry point: python -m cl_jax.main --config=configs/<name>.py[:variant] --workdir=DIR
 [--config.section.field=value ...]."""
-import logging as std_logging
 import sys
 
 import jax
@@ -20,16 +19,9 @@ _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.ini
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _quiet_libraries(record) -> bool:
-  """Keep orbax's per-save INFO chatter and clu's echo of every scalar (already in our progress
-  line and in TensorBoard) out of the log; warnings still show."""
-  return record.levelno >= std_logging.WARNING or not any(
-      part in record.pathname for part in ("/orbax/", "/clu/metric_writers/logging_writer"))
-
-
 def main(argv):
   del argv
-  logging.get_absl_handler().addFilter(_quiet_libraries)
+  train.quiet_library_logs()
   tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerator memory for JAX.
   if _DISTRIBUTED.value:
     jax.distributed.initialize()

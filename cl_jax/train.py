@@ -4,6 +4,7 @@ Data parallel: `jax.jit` over a 1-D mesh ("data",) — batches sharded on axis 0
 Under jit the loss and BatchNorm see the GLOBAL batch (negatives and statistics span all devices).
 """
 import json
+import logging as std_logging
 import os
 import time
 from typing import Any
@@ -27,6 +28,15 @@ from cl_jax.data import pipeline, sources
 # neither the training trajectory nor the state's shapes.
 RESUMABLE_CHANGES = ("data.data_dir", "train.log_every_steps", "train.checkpoint_every_steps",
                      "eval.")
+
+
+def quiet_library_logs():
+  """Keep orbax's per-save INFO chatter and clu's echo of every scalar (already in our progress
+  line and in TensorBoard) out of the absl log; warnings still show."""
+  def keep(record) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        part in record.pathname for part in ("/orbax/", "/clu/metric_writers/logging_writer"))
+  logging.get_absl_handler().addFilter(keep)
 
 
 class TrainState(train_state.TrainState):
