@@ -15,7 +15,34 @@ def l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
   return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
 
 
-def ntxent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
+def _multi_positive_loss(z1, z2, positives, temperature, epsilon):
+  """mean over anchors i with |P(i)| > 0 of −(1/|P(i)|) Σ_{p∈P(i)} log softmax_{k≠i}(S_i)[p],
+  where S_ik = (cos(z_i, z_k) − ε) / τ for positives and (cos + ε) / τ for negatives (IFM).
+  z = [z1; z2] (2N×d); `positives` is the 2N×2N boolean P with a False diagonal."""
+  n2 = 2 * z1.shape[0]
+  z = l2_normalize(jnp.concatenate([z1, z2], axis=0))
+  sim = z @ z.T + jnp.where(positives, -epsilon, epsilon)
+  logits = jnp.where(jnp.eye(n2, dtype=bool), -jnp.inf, sim / temperature)
+  log_prob = jax.nn.log_softmax(logits, axis=1)
+  num_pos = positives.sum(axis=1)
+  per_anchor = -jnp.where(positives, log_prob, 0.0).sum(axis=1) / jnp.maximum(num_pos, 1)
+  has_pos = num_pos > 0
+  return jnp.sum(jnp.where(has_pos, per_anchor, 0.0)) / jnp.maximum(has_pos.sum(), 1)
+
+
+def with_ifm(loss_at, epsilon: float, alpha: float) -> jax.Array:
+  """Implicit feature modification (Robinson et al. 2021; SPEC §1.4):
+  L_IFM = (L + α·L_ε) / (1 + α), where L_ε is the loss with every positive cosine similarity
+  lowered by ε and every negative one raised by ε before dividing by τ (the closed form of an
+  ε-ball adversarial perturbation of normalised embeddings). ε = 0 returns exactly L.
+  `loss_at(eps)` computes the loss at perturbation eps."""
+  if epsilon == 0:
+    return loss_at(0.0)
+  return (loss_at(0.0) + alpha * loss_at(epsilon)) / (1.0 + alpha)
+
+
+def ntxent(z1: jax.Array, z2: jax.Array, temperature: float, *, ifm_epsilon: float = 0.0,
+           ifm_alpha: float = 1.0) -> jax.Array:
   """NT-Xent (SimCLR, Chen et al. 2020), mean over the 2N anchors.
 
   Z = normalize([z1; z2]) (2N×d), S = Z Zᵀ / τ with the diagonal masked out. Anchor i's positive
@@ -24,7 +51,7 @@ def ntxent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
       L = (1/2N) Σ_i −log( exp(S_i,pos(i)) / Σ_{k≠i} exp(S_ik) ).
 
   The official TF SimCLR code sums the two directions, i.e. reports 2× this value. At
-  initialisation (random embeddings) L ≈ log(2N−1).
+  initialisation (random embeddings) L ≈ log(2N−1). `ifm_epsilon` > 0 applies IFM (`with_ifm`).
 
   Args:
     z1, z2: [N, d] embeddings of view 1 and view 2 (row i of both come from example i).
@@ -33,12 +60,54 @@ def ntxent(z1: jax.Array, z2: jax.Array, temperature: float) -> jax.Array:
     Scalar loss.
   """
   n = z1.shape[0]
-  z = l2_normalize(jnp.concatenate([z1, z2], axis=0))
-  logits = (z @ z.T) / temperature
-  logits = jnp.where(jnp.eye(2 * n, dtype=bool), -jnp.inf, logits)
-  positives = jnp.concatenate([jnp.arange(n) + n, jnp.arange(n)])
-  return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(logits, positives))
+  other_view = jnp.roll(jnp.eye(2 * n, dtype=bool), n, axis=1)
+  return with_ifm(lambda eps: _multi_positive_loss(z1, z2, other_view, temperature, eps),
+                  ifm_epsilon, ifm_alpha)
 
+
+def supcon(z1: jax.Array, z2: jax.Array, labels: jax.Array, temperature: float, *,
+           ifm_epsilon: float = 0.0, ifm_alpha: float = 1.0) -> jax.Array:
+  """Supervised contrastive loss SCL (Khosla et al. 2020, L_out; SPEC §1.2).
+
+  Same S as `ntxent`; for anchor i, P(i) = every other row with the same label (its other view
+  included): L = mean_i −(1/|P(i)|) Σ_{p∈P(i)} log softmax_{k≠i}(S_i)[p]. With all labels
+  distinct this is exactly NT-Xent. IFM shifts positives (same label) by −ε, negatives by +ε.
+
+  Args:
+    z1, z2: [N, d] embeddings of the two views; labels: [N] integer labels.
+  """
+  y = jnp.concatenate([labels, labels])
+  positives = (y[:, None] == y[None, :]) & ~jnp.eye(y.shape[0], dtype=bool)
+  return with_ifm(lambda eps: _multi_positive_loss(z1, z2, positives, temperature, eps),
+                  ifm_epsilon, ifm_alpha)
+
+
+def joint(z1: jax.Array, z2: jax.Array, labels: jax.Array, temperature: float, beta: float,
+          **ifm) -> jax.Array:
+  """Joint loss of Xue et al. (2023): β·SCL + (1 − β)·UCL, UCL = NT-Xent (SPEC §1.3).
+  β = 1 → SCL (class collapse), β = 0 → UCL (feature suppression)."""
+  return (beta * supcon(z1, z2, labels, temperature, **ifm) +
+          (1 - beta) * ntxent(z1, z2, temperature, **ifm))
+
+
+def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, temperature: float, *,
+                 ifm_epsilon: float = 0.0, ifm_alpha: float = 1.0) -> jax.Array:
+  """MoCo InfoNCE (He et al. 2020; SPEC §1.7): logits [q·k⁺, q·queue] / τ, target 0, with q, k
+  ℓ2-normalised and `queue` [K, d] the (normalised) keys of earlier batches. IFM: the positive
+  logit (q·k⁺ − ε)/τ, the negatives (q·queue + ε)/τ.
+
+  Args:
+    q: [N, d] queries; k: [N, d] keys (constants: from the momentum encoder); queue: [K, d].
+  """
+  q, k = l2_normalize(q), l2_normalize(jax.lax.stop_gradient(k))
+  l_pos = jnp.sum(q * k, axis=1, keepdims=True)
+  l_neg = q @ jax.lax.stop_gradient(queue).T
+
+  def loss_at(eps):
+    logits = jnp.concatenate([l_pos - eps, l_neg + eps], axis=1) / temperature
+    return jnp.mean(optax.losses.softmax_cross_entropy_with_integer_labels(
+        logits, jnp.zeros(q.shape[0], jnp.int32)))
+  return with_ifm(loss_at, ifm_epsilon, ifm_alpha)
 
 
 # ------------------------------------------------------------------------------------------------
