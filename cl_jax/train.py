@@ -40,7 +40,10 @@ def quiet_library_logs():
 
 
 class TrainState(train_state.TrainState):
+  """params/opt_state/step (flax) + BatchNorm statistics + MoCo's momentum encoder and queue
+  (`momentum` = {params, batch_stats, queue [K, d], queue_ptr}; None for the other losses)."""
   batch_stats: Any
+  momentum: Any = None
 
 
 def create_mesh(devices=None) -> Mesh:
@@ -49,46 +52,97 @@ def create_mesh(devices=None) -> Mesh:
   return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
 
 
-def create_train_state(model, tx, input_shape, seed: int, mesh: Mesh) -> TrainState:
-  """Initialise parameters, BatchNorm statistics and optimizer state, replicated on `mesh`."""
+def create_train_state(model, tx, input_shape, seed: int, mesh: Mesh,
+                       queue_size: int = 0) -> TrainState:
+  """Initialise parameters, BatchNorm statistics and optimizer state, replicated on `mesh`.
+  queue_size > 0 (MoCo): the key encoder starts as a copy of the query encoder and the queue
+  holds `queue_size` random unit vectors."""
   def init():
-    variables = model.init(jax.random.PRNGKey(seed), jnp.zeros(input_shape), train=False)
+    init_key, queue_key = jax.random.split(jax.random.PRNGKey(seed))
+    variables = model.init(init_key, jnp.zeros(input_shape), train=False)
+    momentum = None
+    if queue_size:
+      queue = jax.random.normal(queue_key, (queue_size, model.head.embed_dim))
+      momentum = {"params": variables["params"], "batch_stats": variables["batch_stats"],
+                  "queue": losses.l2_normalize(queue), "queue_ptr": jnp.zeros((), jnp.int32)}
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables["batch_stats"], tx=tx)
+                             batch_stats=variables["batch_stats"], tx=tx, momentum=momentum)
   return jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))()
 
 
-def compute_loss(params, batch_stats, batch, key, *, model, loss_config):
+def compute_loss(params, batch_stats, batch, key, *, model, loss_config, momentum=None):
   """Contrastive loss on the global batch + online-probe cross-entropy on stop_gradient(h).
 
-  Both views go through the encoder as ONE batch [view1; view2] (BatchNorm statistics over 2B).
-  Returns (total, (metrics, new_batch_stats)).
+  SimCLR-style losses: both views go through the encoder as ONE batch [view1; view2] (BatchNorm
+  statistics over 2B). MoCo: queries from view1, keys from view2 through the momentum encoder
+  (`momentum`: its params/batch_stats and the queue).
+  Returns (total, (metrics, new_batch_stats, (new_key_batch_stats, keys) or None)).
   """
   n = batch["view1"].shape[0]
-  x = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
-  (_, z, probe_logits), updated = model.apply(
-      {"params": params, "batch_stats": batch_stats}, x, train=True, mutable=["batch_stats"])
-  contrastive = losses.CONTRASTIVE_LOSSES[loss_config.name](z[:n], z[n:], batch, key,
-                                                            loss_config)
-  metrics = {"loss": contrastive, **evaluate.representation_metrics(z[:n], z[n:])}
+  variables = {"params": params, "batch_stats": batch_stats}
+  moco_out = None
+  if loss_config.name == "moco":
+    (_, z, probe_logits), updated = model.apply(variables, batch["view1"], train=True,
+                                                mutable=["batch_stats"])
+    (_, keys, _), key_updated = model.apply(
+        {"params": momentum["params"], "batch_stats": momentum["batch_stats"]}, batch["view2"],
+        train=True, mutable=["batch_stats"])
+    keys = losses.l2_normalize(jax.lax.stop_gradient(keys))
+    contrastive = losses.moco_infonce(z, keys, momentum["queue"], loss_config.temperature,
+                                      **losses._ifm(loss_config))  # pylint: disable=protected-access
+    metrics = {"loss": contrastive, **evaluate.representation_metrics(z, keys)}
+    probe_labels = {name: batch[name] for name in probe_logits}
+    moco_out = (key_updated["batch_stats"], keys)
+  else:
+    x = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+    (_, z, probe_logits), updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    contrastive = losses.CONTRASTIVE_LOSSES[loss_config.name](z[:n], z[n:], batch, key,
+                                                              loss_config)
+    metrics = {"loss": contrastive, **evaluate.representation_metrics(z[:n], z[n:])}
+    probe_labels = {name: jnp.concatenate([batch[name]] * 2) for name in probe_logits}
   total = contrastive
   for name, logits in probe_logits.items():
-    labels = jnp.concatenate([batch[name], batch[name]])
+    labels = probe_labels[name]
     probe_loss = optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
     metrics[f"probe_loss/{name}"] = probe_loss
     metrics[f"probe_accuracy/{name}"] = jnp.mean(jnp.argmax(logits, -1) == labels)
     total = total + probe_loss
-  return total, (metrics, updated["batch_stats"])
+  return total, (metrics, updated["batch_stats"], moco_out)
+
+
+def momentum_update(key_params, params, m: float):
+  """EMA of the key encoder (MoCo): θ_k ← m·θ_k + (1 − m)·θ_q."""
+  return jax.tree.map(lambda k, q: m * k + (1.0 - m) * q, key_params, params)
+
+
+def enqueue(queue: jax.Array, queue_ptr: jax.Array, keys: jax.Array):
+  """FIFO: overwrite the oldest len(keys) rows (ring buffer; K must be a multiple of the global
+  batch) → (queue, new pointer)."""
+  queue = jax.lax.dynamic_update_slice(queue, keys.astype(queue.dtype), (queue_ptr, 0))
+  return queue, (queue_ptr + keys.shape[0]) % queue.shape[0]
 
 
 def train_step(state: TrainState, batch, *, model, loss_config, base_key, schedule):
-  """One optimizer step. The step's PRNG key is fold_in(base_key, step): resumable."""
+  """One optimizer step. The step's PRNG key is fold_in(base_key, step): resumable. MoCo: the key
+  encoder is first moved towards the current query encoder (as in MoCo's forward pass), then its
+  keys of this batch are enqueued."""
   key = jax.random.fold_in(base_key, state.step)
+  momentum = state.momentum
+  if momentum is not None:
+    momentum = {**momentum, "params": momentum_update(momentum["params"], state.params,
+                                                      loss_config.momentum)}
   grad_fn = jax.grad(compute_loss, has_aux=True)
-  grads, (metrics, batch_stats) = grad_fn(state.params, state.batch_stats, batch, key,
-                                          model=model, loss_config=loss_config)
+  grads, (metrics, batch_stats, moco_out) = grad_fn(
+      state.params, state.batch_stats, batch, key, model=model, loss_config=loss_config,
+      momentum=momentum)
+  if momentum is not None:
+    key_batch_stats, keys = moco_out
+    queue, queue_ptr = enqueue(momentum["queue"], momentum["queue_ptr"], keys)
+    momentum = {**momentum, "batch_stats": key_batch_stats, "queue": queue,
+                "queue_ptr": queue_ptr}
   metrics["learning_rate"] = schedule(state.step)
-  return state.apply_gradients(grads=grads, batch_stats=batch_stats), metrics
+  return state.apply_gradients(grads=grads, batch_stats=batch_stats,
+                               momentum=momentum), metrics
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -134,6 +188,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                f"({len(train_split)} examples of '{config.data.dataset}').")
   num_steps = config.train.num_steps if config.train.num_steps > 0 else (
       config.train.num_epochs * per_epoch)
+  supervised = config.loss.get("supervised_label")
+  if config.loss.name in ("supcon", "joint") and supervised not in train_split.labels:
+    raise validate.ConfigError(f"loss.supervised_label={supervised!r} is not a label of "
+                               f"'{config.data.dataset}': {', '.join(train_split.labels)}.")
   manager = checkpoint_manager(workdir, config)
 
   # ---- Model, optimizer, state (restored when the workdir has a checkpoint).
@@ -142,7 +200,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   tx = optim.create_optimizer(config.optim, schedule)
   channels = train_split.images.shape[-1] + config.data.random_bits
   input_shape = (1, config.data.image_size, config.data.image_size, channels)
-  state = create_train_state(model, tx, input_shape, config.seed, mesh)
+  state = create_train_state(model, tx, input_shape, config.seed, mesh,
+                             queue_size=config.loss.get("queue_size", 0))
   start_step = manager.latest_step() or 0
   if start_step:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
@@ -165,6 +224,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       num_steps=num_steps, process_index=jax.process_index(),
       process_count=jax.process_count()), mesh)
 
+  # Learn-then-unlearn curve: linear probes every eval.every_steps, kept in workdir/curve.json
+  # (entries after the resumed step are recomputed, so a resumed run gives the same curve).
+  curve_path = os.path.join(workdir, "curve.json")
+  curve = []
+  if start_step and os.path.exists(curve_path):
+    with open(curve_path) as f:
+      curve = [point for point in json.load(f) if point["step"] <= start_step]
+
+  def probe_curve(step, state):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    accuracies = evaluate.linear_eval(model, variables, train_split, test_split, config, mesh)
+    curve.append({"step": step, **accuracies})
+    writer.write_scalars(step, {f"probe_curve/{k}": v for k, v in accuracies.items()})
+    if jax.process_index() == 0:
+      with open(curve_path, "w") as f:
+        json.dump(curve, f, indent=2)
+
   # ---- Train (an exception still lets in-flight checkpoints finish).
   logging.info("Training %d steps (%d per epoch) of global batch %d on %d device(s).",
                num_steps, per_epoch, batch_size, mesh.devices.size)
@@ -183,6 +259,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
         eta = time.strftime("%H:%M:%S", time.gmtime((num_steps - step) / max(rate, 1e-9)))
         logging.info("step %d/%d | %s | %.1f steps/s | ETA %s", step, num_steps,
                      " | ".join(f"{k} {v:.4g}" for k, v in summary.items()), rate, eta)
+      if config.eval.every_steps and step % config.eval.every_steps == 0:
+        probe_curve(step, state)
       if step % config.train.checkpoint_every_steps == 0 or step == num_steps:
         manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
@@ -200,6 +278,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                    **{f"test_metrics/{k}": v for k, v in representation.items()}})
   writer.flush()
   result = {"step": num_steps, "linear_eval": linear, "metrics": representation}
+  if curve:
+    result["curve"] = curve
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(result, f, indent=2)

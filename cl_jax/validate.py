@@ -26,7 +26,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   """Raise `ConfigError` for the first problem found in `config`."""
   data, model, train = config.data, config.model, config.train
   _choice("model.encoder", model.encoder, sorted(models.ENCODERS))
-  _choice("loss.name", config.loss.name, sorted(losses.CONTRASTIVE_LOSSES))
+  _choice("loss.name", config.loss.name, sorted([*losses.CONTRASTIVE_LOSSES, "moco"]))
   _choice("optim.name", config.optim.name, optim.OPTIMIZERS)
   _choice("optim.schedule", config.optim.schedule, optim.SCHEDULES)
   _choice("optim.lr_scaling", config.optim.lr_scaling, optim.LR_SCALINGS)
@@ -40,6 +40,25 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   if not 0 < data.crop_area_min <= 1:
     raise ConfigError(f"data.crop_area_min={data.crop_area_min} must be in (0, 1].")
   _positive("loss.temperature", config.loss.temperature)
+  if config.loss.ifm_epsilon < 0:
+    raise ConfigError(f"loss.ifm_epsilon={config.loss.ifm_epsilon} must be >= 0.")
+  if config.loss.name in ("supcon", "joint"):
+    missing = [f for f in ("supervised_label", "beta") if f not in config.loss]
+    if missing:
+      raise ConfigError(f"loss.name='{config.loss.name}' needs loss.{', loss.'.join(missing)}; "
+                        "start from configs/supcon_joint.py, which defines them.")
+    if not 0 <= config.loss.beta <= 1:
+      raise ConfigError(f"loss.beta={config.loss.beta} must be in [0, 1].")
+  if config.loss.name == "moco":
+    missing = [f for f in ("momentum", "queue_size") if f not in config.loss]
+    if missing:
+      raise ConfigError(f"loss.name='moco' needs loss.{', loss.'.join(missing)}; start from "
+                        "configs/moco_ifm.py, which defines them.")
+    if not 0 <= config.loss.momentum < 1:
+      raise ConfigError(f"loss.momentum={config.loss.momentum} must be in [0, 1).")
+    if config.loss.queue_size <= 0 or config.loss.queue_size % train.batch_size:
+      raise ConfigError(f"loss.queue_size={config.loss.queue_size} must be a positive multiple "
+                        f"of train.batch_size={train.batch_size} (whole batches are enqueued).")
   if config.loss.name == "generalized":
     missing = [f for f in ("lam", "prior", "hidden_norm", "scale") if f not in config.loss]
     if missing:
@@ -64,3 +83,5 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
     raise ConfigError("Set train.num_steps > 0 or train.num_epochs > 0 (steps win when > 0).")
   _positive("train.log_every_steps", train.log_every_steps)
   _positive("train.checkpoint_every_steps", train.checkpoint_every_steps)
+  if config.eval.every_steps < 0:
+    raise ConfigError(f"eval.every_steps={config.eval.every_steps} must be >= 0 (0 = off).")

@@ -19,6 +19,7 @@ def get_config(arg=None):
   c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
   c.data.image_size = 16
   c.data.random_bits = 5           # k constant bit planes appended after augmentation
+  c.data.coarse_labels = False     # label = class (digit >= 5 / cifar100 coarse), subclass = fine
   c.data.crop_area_min = 0.5       # random resized crop, area in (crop_area_min, 1)
   c.data.flip = False
   c.data.color_jitter = 0.0        # strength s (RGB only)
@@ -30,10 +31,13 @@ def get_config(arg=None):
   c.model.head_layers = 2
   c.model.head_hidden_dim = 128
   c.model.embed_dim = 64           # the embedding size (head output)
+  c.model.head_batchnorm = True    # SimCLR head (BN); False: MoCo-v2 MLP head (biases, no BN)
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "ntxent"
   c.loss.temperature = 0.2
+  c.loss.ifm_epsilon = 0.0         # implicit feature modification (Robinson et al.); 0 = off
+  c.loss.ifm_alpha = 1.0           # L_IFM = (L + α·L_ε) / (1 + α)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"
@@ -55,6 +59,7 @@ def get_config(arg=None):
   c.eval.batch_size = 512
   c.eval.l2 = 1e-3                 # L2 penalty of the linear probe (standardised features)
   c.eval.probe_steps = 200         # L-BFGS iterations
+  c.eval.every_steps = 0           # > 0: linear-probe curve during training (learn/unlearn)
 
   if arg == "mnist":  # the randbits_mnist colab: batch 1000, 10 epochs, Adam 1e-3 linear decay
     c.data.dataset = "mnist"

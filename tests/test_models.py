@@ -11,7 +11,8 @@ from cl_jax import models, optim
 
 def _model(encoder, head_layers=2, embed_dim=8):
   return models.create_model(ml_collections.ConfigDict(dict(
-      encoder=encoder, head_layers=head_layers, head_hidden_dim=16, embed_dim=embed_dim)),
+      encoder=encoder, head_layers=head_layers, head_hidden_dim=16, embed_dim=embed_dim,
+      head_batchnorm=True)),
       {"label": 10})
 
 

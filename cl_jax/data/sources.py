@@ -146,10 +146,35 @@ def load_tfds(name: str, split: str, image_size: int, data_dir=None) -> Split:
                num_classes=label_names)
 
 
+DIGIT_DATASETS = (EMBEDDED, IDX, "mnist")
+
+
+def class_and_subclass(split: Split, dataset: str) -> Split:
+  """Coarse `label` (the class) and fine `subclass` labels for class-collapse studies (Xue et al.
+  2023; SPEC §2.6): digits → label = (digit ≥ 5), subclass = digit; datasets with a
+  `coarse_label` (cifar100) → label = the 20 superclasses, subclass = the 100 classes."""
+  if "coarse_label" in split.labels:
+    return Split(split.images, {"label": split.labels["coarse_label"],
+                                "subclass": split.labels["label"]},
+                 {"label": split.num_classes["coarse_label"],
+                  "subclass": split.num_classes["label"]})
+  if dataset in DIGIT_DATASETS:
+    digit = split.labels["label"]
+    return Split(split.images, {"label": (digit >= 5).astype(np.int32), "subclass": digit},
+                 {"label": 2, "subclass": 10})
+  raise DataError(f"data.coarse_labels=True, but '{dataset}' has no coarse labels: use a digit "
+                  f"dataset ({', '.join(DIGIT_DATASETS)}) or one with a 'coarse_label' "
+                  "(cifar100).")
+
+
 def load(data_config, split: str) -> Split:
   """The `split` ('train' or 'test') of `data_config.dataset` at `data_config.image_size`."""
   if data_config.dataset == EMBEDDED:
-    return load_digits(split, data_config.image_size)
-  if data_config.dataset == IDX:
-    return load_idx(data_config.data_dir, split, data_config.image_size)
-  return load_tfds(data_config.dataset, split, data_config.image_size, data_config.data_dir)
+    loaded = load_digits(split, data_config.image_size)
+  elif data_config.dataset == IDX:
+    loaded = load_idx(data_config.data_dir, split, data_config.image_size)
+  else:
+    loaded = load_tfds(data_config.dataset, split, data_config.image_size, data_config.data_dir)
+  if data_config.coarse_labels:
+    return class_and_subclass(loaded, data_config.dataset)
+  return loaded

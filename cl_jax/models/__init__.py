@@ -23,5 +23,6 @@ def create_model(model_config: ml_collections.ConfigDict,
       encoder=ENCODERS[model_config.encoder](),
       head=ProjectionHead(num_layers=model_config.head_layers,
                           hidden_dim=model_config.head_hidden_dim,
-                          embed_dim=model_config.embed_dim),
+                          embed_dim=model_config.embed_dim,
+                          batchnorm=model_config.head_batchnorm),
       probe_classes=dict(probe_classes))

@@ -7,18 +7,24 @@ import jax
 
 class ProjectionHead(nn.Module):
   """`num_layers` Dense layers: hidden ones Dense(no bias)→BN→ReLU, the last Dense(no bias)→BN
-  without centring. The output size `embed_dim` is the embedding size studied by Xue et al."""
+  without centring (SimCLR). batchnorm=False: Dense(bias)→ReLU …, last Dense(bias) (MoCo-v2).
+  The output size `embed_dim` is the embedding size studied by Xue et al."""
   num_layers: int
   hidden_dim: int
   embed_dim: int
+  batchnorm: bool = True
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool) -> jax.Array:
-    norm = lambda **kw: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                                     **kw)
+    def layer(x, width, last):
+      x = nn.Dense(width, use_bias=not self.batchnorm)(x)
+      if self.batchnorm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
+                         use_bias=not last)(x)
+      return x if last else nn.relu(x)
     for _ in range(self.num_layers - 1):
-      h = nn.relu(norm()(nn.Dense(self.hidden_dim, use_bias=False)(h)))
-    return norm(use_bias=False)(nn.Dense(self.embed_dim, use_bias=False)(h))
+      h = layer(h, self.hidden_dim, last=False)
+    return layer(h, self.embed_dim, last=True)
 
 
 class ContrastiveModel(nn.Module):

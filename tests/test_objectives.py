@@ -1,0 +1,158 @@
+"""SCL / joint / MoCo+IFM in the training loop: momentum encoder, queue, coarse labels, curve."""
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from cl_jax import models, optim, train, validate
+from cl_jax.data import pipeline, sources
+from configs import moco_ifm, supcon_joint
+
+ONE_DEVICE = jax.devices()[:1]
+
+
+def _small(config):
+  config.model.update(head_hidden_dim=32, embed_dim=16)
+  config.train.update(batch_size=64, num_steps=6, log_every_steps=2, checkpoint_every_steps=2)
+  config.eval.probe_steps = 20
+  return config
+
+
+def test_momentum_update_is_the_ema():
+  key = {"w": jnp.array([1.0, 2.0])}
+  query = {"w": jnp.array([3.0, -2.0])}
+  np.testing.assert_allclose(train.momentum_update(key, query, 0.9)["w"], [1.2, 1.6], rtol=1e-6)
+  assert train.momentum_update(key, query, 0.0)["w"].tolist() == [3.0, -2.0]
+
+
+def test_queue_is_fifo_over_whole_batches():
+  queue, ptr = jnp.zeros((6, 2)), jnp.zeros((), jnp.int32)
+  batches = [jnp.full((2, 2), float(i)) for i in range(1, 5)]
+  for b in batches:
+    queue, ptr = train.enqueue(queue, ptr, b)
+  assert queue.shape == (6, 2) and int(ptr) == 2
+  # Batch 1 (the oldest) was overwritten by batch 4; 2, 3, 4 remain.
+  assert sorted(set(queue[:, 0].tolist())) == [2.0, 3.0, 4.0]
+  np.testing.assert_array_equal(queue[:2], batches[3])
+
+
+def test_moco_step_moves_key_encoder_and_fills_queue(tmp_path):
+  config = _small(moco_ifm.get_config())
+  config.loss.queue_size = 128
+  mesh = train.create_mesh(ONE_DEVICE)
+  split = sources.load(config.data, "train")
+  model = models.create_model(config.model, split.num_classes)
+  tx = optim.create_optimizer(config.optim, lambda _: 1e-2)
+  state = train.create_train_state(model, tx, (1, 16, 16, 6), 0, mesh, queue_size=128)
+  before = jax.device_get(state)
+  np.testing.assert_allclose(jnp.linalg.norm(before.momentum["queue"], axis=1), 1.0, rtol=1e-5)
+  ds = pipeline.train_dataset(split, config.data, seed=0, batch_size=64, start_step=0,
+                              num_steps=2)
+  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, loss_config=config.loss,
+                                               base_key=jax.random.PRNGKey(0),
+                                               schedule=lambda _: 1e-2))
+  query_params = [before.params]
+  for batch in pipeline.global_batches(ds, mesh):
+    state, _ = step(state, batch)
+    query_params.append(jax.device_get(state.params))
+  after = jax.device_get(state)
+  assert int(after.momentum["queue_ptr"]) == 0  # 2 batches of 64 filled K = 128
+  assert not np.allclose(after.momentum["queue"], before.momentum["queue"])
+  np.testing.assert_allclose(jnp.linalg.norm(after.momentum["queue"], axis=1), 1.0, rtol=1e-5)
+  # The key encoder is moved before each step's forward pass (as in MoCo): after step 1
+  # θ_k = m·θ_k0 + (1 − m)·θ_q0 = θ_q0 (θ_k0 is a copy), after step 2 θ_k = m·θ_q0 + (1 − m)·θ_q1.
+  m = config.loss.momentum
+  expected = jax.tree.map(lambda q0, q1: m * q0 + (1 - m) * q1, *query_params[:2])
+  for a, b in zip(jax.tree.leaves(after.momentum["params"]), jax.tree.leaves(expected)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+  assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(after.momentum["params"]),
+                                                 jax.tree.leaves(before.params))) > 0
+
+  # The whole state (queue, pointer, key encoder) survives an Orbax round trip.
+  manager = train.checkpoint_manager(str(tmp_path), config)
+  manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
+                                          config=ocp.args.JsonSave(json.loads(config.to_json()))))
+  manager.wait_until_finished()
+  fresh = train.create_train_state(model, tx, (1, 16, 16, 6), 1, mesh, queue_size=128)
+  restored = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, fresh))))["state"]
+  for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(after)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_coarse_labels_for_digits_and_cifar100():
+  import tensorflow_datasets as tfds
+  digits = sources.load_digits("train", 8)
+  split = sources.class_and_subclass(digits, "digits")
+  np.testing.assert_array_equal(split.labels["subclass"], digits.labels["label"])
+  np.testing.assert_array_equal(split.labels["label"], digits.labels["label"] >= 5)
+  assert dict(split.num_classes) == {"label": 2, "subclass": 10}
+  with tfds.testing.mock_data(num_examples=10):
+    cifar = sources.load_tfds("cifar100", "train", 8)
+  split = sources.class_and_subclass(cifar, "cifar100")
+  np.testing.assert_array_equal(split.labels["label"], cifar.labels["coarse_label"])
+  np.testing.assert_array_equal(split.labels["subclass"], cifar.labels["label"])
+  with pytest.raises(sources.DataError, match="has no coarse labels"):
+    sources.class_and_subclass(sources.Split(digits.images, {"label": digits.labels["label"]},
+                                             {"label": 10}), "cifar10")
+
+
+@pytest.mark.parametrize("loss", ["supcon", "joint", "ntxent"])
+def test_scl_ucl_joint_train_with_coarse_labels_and_curve(loss, tmp_path):
+  config = _small(supcon_joint.get_config())
+  config.loss.name = loss
+  config.eval.every_steps = 3
+  result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
+  assert set(result["linear_eval"]) == {"label", "subclass", "bits"}
+  assert [p["step"] for p in result["curve"]] == [3, 6]
+  assert set(result["curve"][0]) == {"step", "label", "subclass", "bits"}
+  with open(tmp_path / "curve.json") as f:
+    assert json.load(f) == result["curve"]
+
+
+def test_moco_and_curve_resume_exactly(tmp_path, monkeypatch):
+  config = _small(moco_ifm.get_config())
+  config.loss.queue_size = 128
+  config.eval.every_steps = 2
+  uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"), ONE_DEVICE)
+  original = pipeline.global_batches
+
+  def crashing(ds, mesh):
+    for i, batch in enumerate(original(ds, mesh)):
+      if i == 3:
+        raise RuntimeError("simulated crash")
+      yield batch
+  monkeypatch.setattr(pipeline, "global_batches", crashing)
+  with pytest.raises(RuntimeError):
+    train.train_and_evaluate(config, str(tmp_path / "b"), ONE_DEVICE)
+  monkeypatch.undo()
+  resumed = train.train_and_evaluate(config, str(tmp_path / "b"), ONE_DEVICE)
+  assert resumed == uninterrupted and len(resumed["curve"]) == 3
+
+
+@pytest.mark.parametrize("make,field,value,message", [
+    (moco_ifm.get_config, "loss.queue_size", 100, "multiple of train.batch_size"),
+    (moco_ifm.get_config, "loss.momentum", 1.0, r"loss.momentum=1.0 must be in \[0, 1\)"),
+    (supcon_joint.get_config, "loss.beta", 1.5, r"loss.beta=1.5 must be in \[0, 1\]"),
+    (supcon_joint.get_config, "loss.supervised_label", "fine", "is not a label of 'digits'"),
+    (supcon_joint.get_config, "loss.ifm_epsilon", -0.1, "loss.ifm_epsilon=-0.1 must be >= 0"),
+])
+def test_objective_config_errors(make, field, value, message, tmp_path):
+  config = _small(make())
+  section, name = field.split(".")
+  config[section][name] = value
+  with pytest.raises(validate.ConfigError, match=message):
+    train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
+  assert not os.path.exists(tmp_path / "checkpoints" / "2")
+
+
+def test_supcon_outside_its_config_names_the_config(tmp_path):
+  from configs import simclr_randbit
+  config = simclr_randbit.get_config()
+  config.loss.name = "supcon"
+  with pytest.raises(validate.ConfigError, match="needs loss.supervised_label, loss.beta"):
+    train.train_and_evaluate(config, str(tmp_path))
