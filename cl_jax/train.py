@@ -22,6 +22,7 @@ from flax.training import train_state
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from cl_jax import evaluate, losses, models, optim, validate
+from cl_jax.analysis import curves
 from cl_jax.data import pipeline, sources
 
 # Config fields that may differ between a checkpoint and the run that resumes it: they change
@@ -280,6 +281,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   result = {"step": num_steps, "linear_eval": linear, "metrics": representation}
   if curve:
     result["curve"] = curve
+    if jax.process_index() == 0:
+      curves.plot_curves({os.path.basename(os.path.normpath(workdir)): curve},
+                         os.path.join(workdir, "curve.png"))
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "eval.json"), "w") as f:
       json.dump(result, f, indent=2)

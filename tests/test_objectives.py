@@ -112,6 +112,7 @@ def test_scl_ucl_joint_train_with_coarse_labels_and_curve(loss, tmp_path):
   assert set(result["curve"][0]) == {"step", "label", "subclass", "bits"}
   with open(tmp_path / "curve.json") as f:
     assert json.load(f) == result["curve"]
+  assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
 def test_moco_and_curve_resume_exactly(tmp_path, monkeypatch):
