@@ -89,7 +89,7 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
 @pytest.mark.parametrize("field,value,message", [
     ("data.dataset", "no_such_dataset_xyz", "nor a known tfds dataset"),
     ("model.encoder", "vgg", "model.encoder='vgg' is not one of: convnet, resnet18"),
-    ("loss.name", "triplet", "loss.name='triplet' is not one of: generalized, ntxent"),
+    ("loss.name", "triplet", "loss.name='triplet' is not one of: generalized, joint, moco, ntxent, supcon"),
     ("optim.name", "rmsprop", "optim.name='rmsprop' is not one of: adam, sgd, lars"),
     ("data.random_bits", -1, r"data.random_bits=-1 must be in \[0, 30\]"),
     ("data.random_bits", 31, r"data.random_bits=31 must be in \[0, 30\]"),
