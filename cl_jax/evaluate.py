@@ -18,26 +18,31 @@ import optax
 from jax.experimental import multihost_utils
 
 from cl_jax import losses
-from cl_jax.data import features, pipeline
+from cl_jax.data import pipeline
 from cl_jax.data.sources import Split
 
 
 def extract_features(model, variables, split: Split, data_config, *, seed: int, split_name: str,
-                     batch_size: int, mesh) -> np.ndarray:
-  """[N, D] encoder features h of `split` (in split order), computed on the mesh."""
+                     batch_size: int, mesh):
+  """(features [N, D], {label: [N] or [N, k]}, {label: number of classes}): encoder features h
+  of `split` (in split order, computed on the mesh) and the labels to probe them with."""
   num_devices = mesh.devices.size
   batch_size = -(-batch_size // num_devices) * num_devices
   encode = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
-  ds = pipeline.eval_dataset(split, data_config, seed=seed, split_name=split_name,
-                             batch_size=batch_size)
+  ds, num_classes = pipeline.eval_dataset(split, data_config, seed=seed, split_name=split_name,
+                                          batch_size=batch_size)
   local = batch_size // jax.process_count()
   lo = jax.process_index() * local
-  out = []
+  feats, labels = [], {}
   for batch in ds.as_numpy_iterator():
     x = pipeline.to_global({"image": batch["image"][lo:lo + local]}, mesh)["image"]
     h = multihost_utils.process_allgather(encode(variables, x), tiled=True)
-    out.append(np.asarray(h)[batch["valid"]])
-  return np.concatenate(out)
+    valid = batch["valid"]
+    feats.append(np.asarray(h)[valid])
+    for name in [*num_classes, *(["bits"] if "bits" in batch else [])]:
+      labels.setdefault(name, []).append(batch[name][valid])
+  return (np.concatenate(feats), {k: np.concatenate(v) for k, v in labels.items()},
+          num_classes)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
@@ -74,21 +79,19 @@ def probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, *, l2: fl
 
 
 def linear_eval(model, variables, train: Split, test: Split, config, mesh) -> Mapping[str, float]:
-  """{label_name: test accuracy} for every label of the dataset, plus `bits` when
-  random_bits > 0."""
+  """{label_name: test accuracy} for every label of the (possibly scene-composed) data, plus
+  `bits` when random_bits > 0."""
   extract = functools.partial(extract_features, model, variables, data_config=config.data,
                               seed=config.seed, batch_size=config.eval.batch_size, mesh=mesh)
-  train_h = extract(train, split_name="train")
-  test_h = extract(test, split_name="test")
+  train_h, train_y, _ = extract(train, split_name="train")
+  test_h, test_y, num_classes = extract(test, split_name="test")
   probe = functools.partial(probe_accuracy, l2=config.eval.l2, steps=config.eval.probe_steps)
-  results = {name: probe(train_h, train.labels[name], test_h, test.labels[name],
-                         train.num_classes[name]) for name in train.labels}
-  k = config.data.random_bits
-  if k > 0:
-    bits = [features.bit_labels(features.random_bit_integers(len(s), k, config.seed, name), k)
-            for s, name in ((train, "train"), (test, "test"))]
-    results["bits"] = float(np.mean([probe(train_h, bits[0][:, i], test_h, bits[1][:, i], 2)
-                                     for i in range(k)]))
+  results = {name: probe(train_h, train_y[name], test_h, test_y[name], num_classes[name])
+             for name in num_classes}
+  if "bits" in train_y:
+    k = train_y["bits"].shape[1]
+    results["bits"] = float(np.mean([probe(train_h, train_y["bits"][:, i], test_h,
+                                           test_y["bits"][:, i], 2) for i in range(k)]))
   return results
 
 

@@ -195,15 +195,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                f"'{config.data.dataset}': {', '.join(train_split.labels)}.")
   manager = checkpoint_manager(workdir, config)
 
-  # ---- Model, optimizer, state (restored when the workdir has a checkpoint).
-  model = models.create_model(config.model, train_split.num_classes)
+  # ---- Input pipeline, model, optimizer, state (restored when the workdir has a checkpoint).
+  start_step = manager.latest_step() or 0
+  train_ds = pipeline.train_dataset(
+      train_split, config.data, seed=config.seed, batch_size=batch_size, start_step=start_step,
+      num_steps=num_steps, process_index=jax.process_index(), process_count=jax.process_count())
+  model = models.create_model(config.model, pipeline.label_classes(train_split, config.data))
   schedule = optim.learning_rate_schedule(config.optim, batch_size, num_steps, per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
-  channels = train_split.images.shape[-1] + config.data.random_bits
-  input_shape = (1, config.data.image_size, config.data.image_size, channels)
+  input_shape = (1, *train_ds.element_spec["view1"].shape[1:])
   state = create_train_state(model, tx, input_shape, config.seed, mesh,
                              queue_size=config.loss.get("queue_size", 0))
-  start_step = manager.latest_step() or 0
   if start_step:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     state = manager.restore(start_step, args=ocp.args.Composite(
@@ -220,10 +222,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     writer.write_hparams(flax.traverse_util.flatten_dict(config.to_dict(), sep="."))
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                              every_steps=config.train.log_every_steps)
-  batches = pipeline.global_batches(pipeline.train_dataset(
-      train_split, config.data, seed=config.seed, batch_size=batch_size, start_step=start_step,
-      num_steps=num_steps, process_index=jax.process_index(),
-      process_count=jax.process_count()), mesh)
+  batches = pipeline.global_batches(train_ds, mesh)
 
   # Learn-then-unlearn curve: linear probes every eval.every_steps, kept in workdir/curve.json
   # (entries after the resumed step are recomputed, so a resumed run gives the same curve).

@@ -93,14 +93,21 @@ def test_process_slices_tile_the_global_batch(data_config):
 
 def test_eval_images_carry_the_bits_unaugmented(data_config):
   split = sources.load(data_config, "test")
-  batches = list(pipeline.eval_dataset(split, data_config, seed=0, split_name="test",
-                                       batch_size=100).as_numpy_iterator())
+  ds, num_classes = pipeline.eval_dataset(split, data_config, seed=0, split_name="test",
+                                         batch_size=100)
+  assert num_classes == {"label": 10}
+  batches = list(ds.as_numpy_iterator())
   images = np.concatenate([b["image"] for b in batches])
   valid = np.concatenate([b["valid"] for b in batches])
   assert images.shape[0] == 500 and valid.sum() == len(split)
   np.testing.assert_array_equal(decode_bits(images[valid], 1, 7),
                                 features.random_bit_integers(len(split), 7, 0, "test"))
   np.testing.assert_allclose(images[valid][..., 0], split.images[..., 0] / 255.0, atol=1e-6)
+  bits = np.concatenate([b["bits"] for b in batches])[valid]
+  np.testing.assert_array_equal(bits, features.bit_labels(
+      features.random_bit_integers(len(split), 7, 0, "test"), 7))
+  labels = np.concatenate([b["label"] for b in batches])[valid]
+  np.testing.assert_array_equal(labels, split.labels["label"])
 
 
 def test_zero_bits_adds_no_channel(data_config):

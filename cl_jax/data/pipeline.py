@@ -19,6 +19,8 @@ from cl_jax.data import augment, features
 from cl_jax.data.sources import Split
 
 _AUGMENT_SALT = 0x5EED
+_SCENE_SALT = 0x5CE7E
+_EVAL_SALT = {"train": 0xE0, "test": 0xE1}
 
 
 def steps_per_epoch(num_examples: int, batch_size: int) -> int:
@@ -41,6 +43,7 @@ def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed:
   images = tf.constant(split.images)
   labels = {k: tf.constant(v) for k, v in split.labels.items()}
   bit_ints = tf.constant(features.random_bit_integers(n, num_bits, seed, "train"))
+  scene, _ = features.make_scene(data_config, split, train=True)
 
   def example(g):
     step, row = g // batch_size, g % batch_size
@@ -49,13 +52,18 @@ def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed:
         position, seed=tf.stack([tf.constant(seed, tf.int64), step // per_epoch]),
         max_index=tf.constant(n - 1, tf.int64))
     image = tf.cast(tf.gather(images, index), tf.float32) / 255.0
-    view_seeds = tf.random.experimental.stateless_split(
-        tf.stack([tf.constant(seed + _AUGMENT_SALT, tf.int64), g]), 2)
-    views = [features.append_bit_planes(augment.augment(image, s, data_config),
-                                        tf.gather(bit_ints, index), num_bits)
-             for s in tf.unstack(view_seeds)]
-    return {"view1": views[0], "view2": views[1], "index": tf.cast(index, tf.int32),
-            **{k: tf.gather(v, index) for k, v in labels.items()}}
+    example_seed = tf.stack([tf.constant(seed + _AUGMENT_SALT, tf.int64), g])
+    read_seed = tf.random.experimental.stateless_fold_in(example_seed, _SCENE_SALT)
+    out = {"index": tf.cast(index, tf.int32), **{k: tf.gather(v, index) for k, v in labels.items()}}
+    for i, view_seed in enumerate(tf.unstack(tf.random.experimental.stateless_split(example_seed,
+                                                                                    2))):
+      view = image
+      if scene is not None:
+        view, scene_labels = scene(image, index, read_seed, view_seed)
+        out.update(scene_labels)
+      view = augment.augment(view, view_seed, data_config)
+      out[f"view{i + 1}"] = features.append_bit_planes(view, tf.gather(bit_ints, index), num_bits)
+    return out
 
   ds = tf.data.Dataset.range(start_step * batch_size, num_steps * batch_size)
   ds = ds.filter(lambda g: (g % batch_size >= first_row) & (g % batch_size < first_row +
@@ -65,23 +73,40 @@ def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed:
 
 
 def eval_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed: int,
-                 split_name: str, batch_size: int) -> tf.data.Dataset:
-  """Un-augmented images WITH their bit planes, in split order, in batches of `batch_size` (the
-  last one zero-padded; {'image', 'valid'})."""
+                 split_name: str, batch_size: int):
+  """(dataset, {label: number of classes}): un-augmented images WITH their bit planes and scene,
+  in split order, in batches of `batch_size` (the last one zero-padded), with every label to
+  probe: the split's, the scene's and `bits` ([k] 0/1, when random_bits > 0), and `valid`.
+  Scenes are composed with seeds fixed per image."""
   n, num_bits = len(split), data_config.random_bits
   padded = -(-n // batch_size) * batch_size
-  images = np.concatenate([split.images, np.zeros((padded - n, *split.images.shape[1:]),
-                                                  np.uint8)])
-  bit_ints = np.concatenate([features.random_bit_integers(n, num_bits, seed, split_name),
-                             np.zeros(padded - n, np.int32)])
-  valid = np.arange(padded) < n
+  pad = lambda a: np.concatenate([a, np.zeros((padded - n, *a.shape[1:]), a.dtype)])
+  bit_ints = features.random_bit_integers(n, num_bits, seed, split_name)
+  columns = {"image": pad(split.images), "index": np.arange(padded, dtype=np.int32),
+             "valid": np.arange(padded) < n, **{k: pad(v) for k, v in split.labels.items()}}
+  if num_bits:
+    columns["bits"] = pad(features.bit_labels(bit_ints, num_bits).astype(np.int32))
+  bit_ints = pad(bit_ints)
+  scene, scene_classes = features.make_scene(data_config, split, train=False)
 
-  def prepare(image, bits, is_valid):
-    image = tf.cast(image, tf.float32) / 255.0
-    return {"image": features.append_bit_planes(image, bits, num_bits), "valid": is_valid}
+  def prepare(columns, bits):
+    image = tf.cast(columns.pop("image"), tf.float32) / 255.0
+    if scene is not None:
+      image_seed = tf.stack([tf.constant(seed + _EVAL_SALT[split_name], tf.int64),
+                             tf.cast(columns["index"], tf.int64)])
+      image, scene_labels = scene(image, columns["index"], image_seed, image_seed)
+      columns.update(scene_labels)
+    return {"image": features.append_bit_planes(image, bits, num_bits), **columns}
 
-  ds = tf.data.Dataset.from_tensor_slices((images, bit_ints, valid))
-  return ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+  ds = tf.data.Dataset.from_tensor_slices((columns, bit_ints))
+  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
+  return ds, {**split.num_classes, **scene_classes}
+
+
+def label_classes(split: Split, data_config: ml_collections.ConfigDict) -> dict:
+  """{label: number of classes} of the TRAINING examples (the online probes): the split's labels
+  and those its scene adds."""
+  return {**split.num_classes, **features.make_scene(data_config, split, train=True)[1]}
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

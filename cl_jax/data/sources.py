@@ -12,6 +12,7 @@ import numpy as np
 
 EMBEDDED = "digits"
 IDX = "mnist_idx"  # MNIST-format IDX files in data.data_dir (e.g. ../shared/data/mnist)
+PHOTOS = "photos"  # embedded backgrounds: crops of scikit-learn's two sample photographs
 # The embedded default's fixed, stratified split (of 1,797 images: 1,347 train / 450 test).
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
@@ -52,6 +53,28 @@ def load_digits(split: str, image_size: int) -> Split:
   idx = {"train": train_idx, "test": test_idx}[split]
   return Split(images=_resize(images[idx], image_size), labels={"label": labels[idx]},
                num_classes={"label": 10})
+
+
+def load_photos(split: str, image_size: int, num_images: int = 2000) -> Split:
+  """Random square crops (side 96–192 px) of the two photographs bundled with scikit-learn
+  (china.jpg, flower.jpg), resized to `image_size`; label = which photograph. A fixed 80/20
+  train/test division of `num_images` seeded crops: the embedded background dataset."""
+  from PIL import Image  # pylint: disable=g-import-not-at-top
+  from sklearn import datasets  # pylint: disable=g-import-not-at-top
+  photos = datasets.load_sample_images().images  # 2 × [427, 640, 3] uint8
+  rng = np.random.default_rng(0xF070)
+  crops, labels = [], []
+  for _ in range(num_images):
+    which = int(rng.integers(2))
+    side = int(rng.integers(96, 193))
+    y, x = rng.integers(0, 427 - side), rng.integers(0, 640 - side)
+    crop = Image.fromarray(photos[which][y:y + side, x:x + side])
+    crops.append(np.asarray(crop.resize((image_size, image_size), Image.Resampling.LANCZOS)))
+    labels.append(which)
+  cut = num_images * 4 // 5
+  part = slice(0, cut) if split == "train" else slice(cut, num_images)
+  return Split(images=np.stack(crops[part]), labels={"label": np.array(labels[part], np.int32)},
+               num_classes={"label": 2})
 
 
 def _read_idx(path: str) -> np.ndarray:
@@ -171,6 +194,8 @@ def load(data_config, split: str) -> Split:
   """The `split` ('train' or 'test') of `data_config.dataset` at `data_config.image_size`."""
   if data_config.dataset == EMBEDDED:
     loaded = load_digits(split, data_config.image_size)
+  elif data_config.dataset == PHOTOS:
+    loaded = load_photos(split, data_config.image_size)
   elif data_config.dataset == IDX:
     loaded = load_idx(data_config.data_dir, split, data_config.image_size)
   else:

@@ -1,0 +1,166 @@
+"""Feature-control scenes (SPEC §2.2–2.5): placement rules, labels, determinism, sharing."""
+import ml_collections
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from cl_jax.data import features, pipeline, sources
+
+SEED_A, SEED_B = tf.constant([1, 2], tf.int64), tf.constant([3, 4], tf.int64)
+
+
+def patches(num=20, size=8):
+  """Synthetic 'digits': image i is a constant patch of value 10·(i+1) (uint8); label i % 10."""
+  images = np.stack([np.full((size, size, 1), 10 * (i + 1), np.uint8) for i in range(num)])
+  return images, (np.arange(num) % 10).astype(np.int32)
+
+
+def image_label(value):
+  """The synthetic image index encoded by a pixel value in [0, 1]."""
+  return int(round(value * 255 / 10)) - 1
+
+
+def test_digits_on_images_draws_one_pool_digit_on_the_3x3_grid():
+  pool, labels = patches(num=5)
+  scene, classes = features.digits_on_images(pool, labels, image_size=32)
+  assert classes == {"digit": 10}
+  background = tf.zeros((32, 32, 3))
+  image, out = scene(background, 0, SEED_A, SEED_B)
+  image = image.numpy()
+  drawn = image_label(image[5, 5, 0])  # inside the top-left copy (corner 0.15·32 ≈ 5)
+  assert out["digit"].numpy() == labels[drawn]
+  for y in (5, 14, 24):  # corners at 0.15/0.45/0.75 of 32, digits of side 8
+    for x in (5, 14, 24):
+      np.testing.assert_allclose(image[y:y + 8, x:x + 8], (drawn + 1) * 10 / 255, atol=1e-6)
+  assert np.count_nonzero(image[..., 0]) == 9 * 64
+  # Same read seed → same digit, whatever the view seed; other read seeds draw other digits.
+  again, _ = scene(background, 0, SEED_A, tf.constant([9, 9], tf.int64))
+  np.testing.assert_array_equal(again.numpy(), image)
+  drawn_digits = {int(scene(background, 0, tf.constant([s, 0], tf.int64), SEED_B)[1]["digit"])
+                  for s in range(40)}
+  assert drawn_digits == set(labels[:5].tolist())
+
+
+def test_digits_on_images_blends_by_pixelwise_max():
+  pool, labels = patches(num=1)
+  scene, _ = features.digits_on_images(pool, labels, image_size=32)
+  background = tf.fill((32, 32, 3), 0.5)
+  image = scene(background, 0, SEED_A, SEED_B)[0].numpy()
+  assert image.min() == pytest.approx(0.5)  # digit value 10/255 < 0.5 never darkens
+
+
+@pytest.mark.parametrize("placement", ["grid", "random"])
+def test_multidigits_places_distinct_non_overlapping_digits_with_their_labels(placement):
+  images, labels = patches()
+  scene, classes = features.multidigits(images, labels, image_size=48, digit_size=8,
+                                        num_digits=4, placement=placement)
+  assert classes == {"digit_1": 10, "digit_2": 10, "digit_3": 10}
+  for s in range(10):
+    seed = tf.constant([s, 1], tf.int64)
+    base = tf.cast(images[3], tf.float32) / 255.0
+    canvas, out = scene(base, 3, seed, SEED_B)
+    canvas = canvas.numpy()[..., 0]
+    # Non-overlapping: exactly 4 full 8×8 patches of non-zero pixels (values never mix).
+    assert np.count_nonzero(canvas) == 4 * 64
+    found = []
+    for v in set(np.unique(canvas)) - {0.0}:
+      copies = np.count_nonzero(canvas == v) // 64
+      found += [image_label(v)] * copies
+      if placement == "grid" and copies == 1:  # cell-aligned
+        ys, xs = np.nonzero(canvas == v)
+        assert ys.min() % 8 == 0 and xs.min() % 8 == 0
+    assert 3 in found  # the indexed digit is on the canvas
+    assert sorted(labels[found].tolist()) == sorted(
+        [labels[3]] + [int(out[f"digit_{k}"]) for k in (1, 2, 3)])
+
+
+def test_multidigits_rejects_canvases_that_cannot_hold_the_digits():
+  images, labels = patches()
+  with pytest.raises(ValueError, match="do not fit"):
+    features.multidigits(images, labels, 16, 8, num_digits=5, placement="grid")
+
+
+@pytest.mark.parametrize("other_size", [4, 8, 16])
+def test_digit_sizes_two_digits_in_different_halves(other_size):
+  images, labels = patches(size=8)
+  scene, classes = features.digit_sizes(images, labels, image_size=32, digit_size=8,
+                                        other_digit_size=other_size)
+  assert classes == {"other_digit": 10}
+  for s in range(8):
+    base = tf.fill((8, 8, 1), 250 / 255)  # a value no image of the split has
+    canvas, out = scene(base, 0, tf.constant([s, 5], tf.int64), SEED_B)
+    canvas = canvas.numpy()[..., 0]
+    first = np.isclose(canvas, 250 / 255, atol=1e-5)
+    assert first.sum() == 64  # the indexed digit at its fixed size
+    other = (canvas > 0) & ~first
+    ys, xs = np.nonzero(other)
+    assert ys.max() - ys.min() + 1 == other_size and xs.max() - xs.min() + 1 == other_size
+    assert other.sum() == other_size**2  # no overlap
+    halves = {int(x >= 16) for x in np.nonzero(first)[1]} | {int(x >= 16) for x in xs}
+    assert halves == {0, 1} and len({int(x >= 16) for x in xs}) == 1
+    assert labels[image_label(canvas[ys[0], xs[0]])] == int(out["other_digit"])
+
+
+def test_backgrounds_shared_vs_replaced_across_views():
+  rng = np.random.default_rng(0)
+  pool = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
+  digit = tf.zeros((8, 8, 1))
+  shared, classes = features.backgrounds(pool, 16, 8, shared=True)
+  assert classes == {"background": 6}
+  v1, l1 = shared(digit, 7, SEED_A, SEED_A)
+  v2, l2 = shared(digit, 7, SEED_A, SEED_B)
+  np.testing.assert_array_equal(v1.numpy(), v2.numpy())
+  assert int(l1["background"]) == int(l2["background"])
+  np.testing.assert_allclose(v1.numpy(), pool[int(l1["background"])] / 255, atol=1e-6)
+  # Fixed per image across reads, and different images get different backgrounds.
+  assert int(shared(digit, 7, SEED_B, SEED_B)[1]["background"]) == int(l1["background"])
+  assert len({int(shared(digit, i, SEED_A, SEED_A)[1]["background"]) for i in range(30)}) == 6
+  replaced, classes = features.backgrounds(pool, 16, 8, shared=False)
+  assert classes == {}
+  views = {replaced(digit, 7, SEED_A, tf.constant([s, 0], tf.int64))[0].numpy().tobytes()
+           for s in range(20)}
+  assert len(views) > 1  # every view draws its own background
+
+
+def _config(**scene):
+  return ml_collections.ConfigDict(dict(
+      dataset="digits", data_dir=None, image_size=32, random_bits=2, coarse_labels=False,
+      crop_area_min=0.8, flip=False, color_jitter=0.0, grayscale_prob=0.0, blur_prob=0.0,
+      **scene))
+
+
+@pytest.mark.parametrize("scene", [
+    dict(scene="multidigits", digit_size=8, num_digits=3, eval_num_digits=1, placement="grid"),
+    dict(scene="digit_sizes", digit_size=8, other_digit_size=12),
+    dict(scene="backgrounds", digit_size=12, num_backgrounds=8, shared_background=True),
+])
+def test_scenes_in_the_pipeline_are_deterministic_and_labelled(scene):
+  config = _config(**scene)
+  split = sources.load_digits("train", 16)
+  make = lambda: next(pipeline.train_dataset(split, config, seed=0, batch_size=16, start_step=0,
+                                             num_steps=1).as_numpy_iterator())
+  a, b = make(), make()
+  for k in a:
+    np.testing.assert_array_equal(a[k], b[k])
+  channels = 3 if scene["scene"] == "backgrounds" else 1
+  assert a["view1"].shape == (16, 32, 32, channels + 2)
+  classes = pipeline.label_classes(split, config)
+  assert set(classes) <= set(a)
+  ds, eval_classes = pipeline.eval_dataset(split, config, seed=0, split_name="train",
+                                           batch_size=64)
+  batch = next(ds.as_numpy_iterator())
+  assert set(eval_classes) <= set(batch) and batch["image"].shape[1:] == (32, 32, channels + 2)
+  if scene["scene"] == "multidigits":  # evaluation canvases hold a single digit
+    assert eval_classes == {"label": 10}
+    assert np.all(np.count_nonzero(batch["image"][..., 0] > 0.05, axis=(1, 2)) <= 64)
+
+
+def test_digits_on_photos_source_and_unique_digit_pool():
+  config = _config(scene="digits_on_images", digit_dataset="digits", num_unique_digits=3)
+  config.dataset = "photos"
+  split = sources.load(config, "test")
+  assert split.images.shape == (400, 32, 32, 3) and dict(split.num_classes) == {"label": 2}
+  ds = pipeline.train_dataset(split, config, seed=0, batch_size=64, start_step=0, num_steps=4)
+  digits = np.concatenate([b["digit"] for b in ds.as_numpy_iterator()])
+  pool_labels = sources.load_digits("train", 8).labels["label"][:3]
+  assert set(digits.tolist()) == set(pool_labels.tolist())
