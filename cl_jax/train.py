@@ -22,7 +22,7 @@ from flax.training import train_state
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from cl_jax import evaluate, losses, models, optim, validate
-from cl_jax.analysis import curves
+from cl_jax.analysis import curves, local_features
 from cl_jax.data import pipeline, sources
 
 # Config fields that may differ between a checkpoint and the run that resumes it: they change
@@ -278,6 +278,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                    **{f"test_metrics/{k}": v for k, v in representation.items()}})
   writer.flush()
   result = {"step": num_steps, "linear_eval": linear, "metrics": representation}
+  if config.eval.get("kmeans_clusters") and jax.process_index() == 0:
+    local_features.save_kmeans_pngs(model, variables, test_split, config, workdir,
+                                    config.eval.kmeans_clusters)
   if curve:
     result["curve"] = curve
     if jax.process_index() == 0:

@@ -37,6 +37,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   if data.image_size < min_size:
     raise ConfigError(f"data.image_size={data.image_size} is too small for model.encoder="
                       f"'{model.encoder}', which needs images of at least {min_size} px.")
+  _check_scene(data)
   if not 0 < data.crop_area_min <= 1:
     raise ConfigError(f"data.crop_area_min={data.crop_area_min} must be in (0, 1].")
   _positive("loss.temperature", config.loss.temperature)
@@ -85,3 +86,47 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   _positive("train.checkpoint_every_steps", train.checkpoint_every_steps)
   if config.eval.every_steps < 0:
     raise ConfigError(f"eval.every_steps={config.eval.every_steps} must be >= 0 (0 = off).")
+
+
+SCENE_CONFIGS = {"digits_on_images": "digits_on_images.py", "multidigits": "multidigit.py",
+                 "digit_sizes": "digit_sizes.py", "backgrounds": "backgrounds.py"}
+SCENE_FIELDS = {
+    "digits_on_images": ("digit_dataset", "num_unique_digits"),
+    "multidigits": ("digit_size", "num_digits", "eval_num_digits", "placement"),
+    "digit_sizes": ("digit_size", "other_digit_size"),
+    "backgrounds": ("digit_size", "num_backgrounds", "shared_background"),
+}
+
+
+def _check_scene(data):
+  scene = data.get("scene", "none")
+  _choice("data.scene", scene, features.SCENES)
+  if scene == "none":
+    return
+  missing = [f for f in SCENE_FIELDS[scene] if f not in data]
+  if missing:
+    raise ConfigError(f"data.scene='{scene}' needs data.{', data.'.join(missing)}; start from "
+                      f"configs/{SCENE_CONFIGS[scene]}, which defines them.")
+  size = data.image_size
+  if scene == "digits_on_images":
+    _positive("data.num_unique_digits", data.num_unique_digits)
+    if size < 8:
+      raise ConfigError(f"data.image_size={size}: digits on images need at least 8 px.")
+  if scene == "multidigits":
+    _choice("data.placement", data.placement, ("grid", "random"))
+    cell = data.digit_size if data.placement == "grid" else (3 * data.digit_size) // 2
+    fits = (size // cell) ** 2
+    for field in ("num_digits", "eval_num_digits"):
+      if not 1 <= data[field] <= fits:
+        raise ConfigError(f"data.{field}={data[field]} must be in [1, {fits}]: that many "
+                          f"{data.digit_size} px digits fit on a {size} px canvas with "
+                          f"placement '{data.placement}'.")
+  if scene == "digit_sizes":
+    for field in ("digit_size", "other_digit_size"):
+      if not 1 <= data[field] <= size // 2:
+        raise ConfigError(f"data.{field}={data[field]} must be in [1, {size // 2}] (two digits "
+                          f"side by side on a {size} px canvas).")
+  if scene == "backgrounds":
+    _positive("data.num_backgrounds", data.num_backgrounds)
+    if not 1 <= data.digit_size <= size:
+      raise ConfigError(f"data.digit_size={data.digit_size} must be in [1, {size}].")

@@ -15,21 +15,11 @@ Per-prior settings used in our experiments (the paper's per-variant λ/τ are no
 `--config.loss.name=ntxent` trains plain NT-Xent from the same config for comparison;
 `--config.model.head_layers=2|3` gives the paper's 2- and 3-layer heads.
 """
-import importlib.util
-import os
-
-
-def _sibling(name):
-  """Import configs/<name>.py by path, so this file works from any working directory."""
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from cl_jax.config_files import sibling
 
 
 def get_config(arg=None):
-  c = _sibling("simclr_randbit").get_config(arg)
+  c = sibling(__file__, "simclr_randbit").get_config(arg)
   c.model.head_layers = 3
   c.loss.name = "generalized"
   c.loss.prior = "logsumexp"

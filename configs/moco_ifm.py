@@ -14,23 +14,13 @@ linear scaling), momentum 0.9, wd 1e-4, cosine, 200 epochs, m = 0.99, K = 65536,
 ε = 0.1). tfds has no ImageNet-100: it points at `imagenet2012`; build the 100-class subset
 (the CMC class list) as your own tfds dataset and set data.dataset to its name.
 """
-import importlib.util
-import os
-
-
-def _sibling(name):
-  """Import configs/<name>.py by path, so this file works from any working directory."""
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from cl_jax.config_files import sibling
 
 
 def get_config(arg=None):
   if arg not in (None, "imagenet100"):
     raise ValueError(f"Unknown variant {arg!r} of moco_ifm: use none or 'imagenet100'.")
-  c = _sibling("simclr_randbit").get_config()
+  c = sibling(__file__, "simclr_randbit").get_config()
   c.model.head_batchnorm = False
   c.model.head_hidden_dim = 128
   c.loss.name = "moco"

@@ -11,23 +11,13 @@ Embedded default: digits with class = (digit ≥ 5) supervising SCL and the digi
 random bits as the easy class-irrelevant feature. eval.json reports `label` (class), `subclass`
 and `bits` accuracies and, every eval.every_steps, the probe curve (learn-then-unlearn).
 """
-import importlib.util
-import os
-
-
-def _sibling(name):
-  """Import configs/<name>.py by path, so this file works from any working directory."""
-  spec = importlib.util.spec_from_file_location(
-      name, os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py"))
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module
+from cl_jax.config_files import sibling
 
 
 def get_config(arg=None):
   if arg not in (None, "cifar100"):
     raise ValueError(f"Unknown variant {arg!r} of supcon_joint: use none or 'cifar100'.")
-  c = _sibling("simclr_randbit").get_config("cifar10" if arg == "cifar100" else None)
+  c = sibling(__file__, "simclr_randbit").get_config("cifar10" if arg == "cifar100" else None)
   c.data.coarse_labels = True
   c.loss.name = "joint"
   c.loss.beta = 0.5                # β·SCL + (1−β)·UCL; 1 = SCL, 0 = UCL

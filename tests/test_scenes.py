@@ -159,8 +159,55 @@ def test_digits_on_photos_source_and_unique_digit_pool():
   config = _config(scene="digits_on_images", digit_dataset="digits", num_unique_digits=3)
   config.dataset = "photos"
   split = sources.load(config, "test")
-  assert split.images.shape == (400, 32, 32, 3) and dict(split.num_classes) == {"label": 2}
+  assert split.images.shape == (400, 32, 32, 3) and dict(split.num_classes) == {"label": 8}
+  assert set(split.labels["label"].tolist()) == set(range(8))
   ds = pipeline.train_dataset(split, config, seed=0, batch_size=64, start_step=0, num_steps=4)
   digits = np.concatenate([b["digit"] for b in ds.as_numpy_iterator()])
   pool_labels = sources.load_digits("train", 8).labels["label"][:3]
   assert set(digits.tolist()) == set(pool_labels.tolist())
+
+
+def _small(config):
+  config.model.update(head_hidden_dim=32, embed_dim=16)
+  config.train.update(batch_size=64, num_steps=3, log_every_steps=1, checkpoint_every_steps=3)
+  config.eval.probe_steps = 10
+  return config
+
+
+@pytest.mark.parametrize("name,labels", [
+    ("digits_on_images", {"label", "digit"}), ("multidigit", {"label"}),
+    ("digit_sizes", {"label", "other_digit"}), ("backgrounds", {"label", "background"})])
+def test_feature_configs_train_end_to_end(name, labels, tmp_path):
+  import jax
+  from cl_jax import train
+  from cl_jax.config_files import sibling
+  config = _small(sibling(__file__.replace("tests", "configs"), name).get_config())
+  result = train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
+  assert set(result["linear_eval"]) == labels
+  for k in config.eval.get("kmeans_clusters", ()):
+    assert (tmp_path / f"local_features_k{k}.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("name,field,value,message", [
+    ("multidigit", "num_digits", 20, r"data.num_digits=20 must be in \[1, 4\]"),
+    ("multidigit", "placement", "spiral", "data.placement='spiral' is not one of: grid, random"),
+    ("digit_sizes", "other_digit_size", 20, r"data.other_digit_size=20 must be in \[1, 16\]"),
+    ("digits_on_images", "num_unique_digits", 5000, "exceeds the 1347 training digits"),
+])
+def test_feature_config_errors(name, field, value, message, tmp_path):
+  import jax
+  from cl_jax import train, validate
+  from cl_jax.config_files import sibling
+  config = _small(sibling(__file__.replace("tests", "configs"), name).get_config())
+  config.data[field] = value
+  with pytest.raises((validate.ConfigError, sources.DataError), match=message):
+    train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
+
+
+def test_scene_outside_its_config_names_the_config(tmp_path):
+  from cl_jax import train, validate
+  from configs import simclr_randbit
+  config = simclr_randbit.get_config()
+  config.data.scene = "digit_sizes"
+  with pytest.raises(validate.ConfigError, match="needs data.digit_size, .*digit_sizes.py"):
+    train.train_and_evaluate(config, str(tmp_path))

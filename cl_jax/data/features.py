@@ -199,6 +199,9 @@ def make_scene(data_config, split, train: bool):
         dataset=data_config.digit_dataset, image_size=size // 4, data_dir=data_config.data_dir,
         coarse_labels=False)), "train")
     u = data_config.num_unique_digits
+    if u > len(digits):
+      raise sources.DataError(f"data.num_unique_digits={u} exceeds the {len(digits)} training "
+                              f"digits of '{data_config.digit_dataset}'.")
     return digits_on_images(digits.images[:u], digits.labels["label"][:u], size)
   digit_labels = split.labels["label"]
   if name == "multidigits":

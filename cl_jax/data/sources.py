@@ -57,8 +57,10 @@ def load_digits(split: str, image_size: int) -> Split:
 
 def load_photos(split: str, image_size: int, num_images: int = 2000) -> Split:
   """Random square crops (side 96–192 px) of the two photographs bundled with scikit-learn
-  (china.jpg, flower.jpg), resized to `image_size`; label = which photograph. A fixed 80/20
-  train/test division of `num_images` seeded crops: the embedded background dataset."""
+  (china.jpg, flower.jpg), resized to `image_size`. Label (8 classes): which photograph and which
+  quadrant of it the crop is centred in — a content label, harder than the photograph alone,
+  which colour statistics give away. A fixed 80/20 train/test division of `num_images` seeded
+  crops: the embedded background dataset."""
   from PIL import Image  # pylint: disable=g-import-not-at-top
   from sklearn import datasets  # pylint: disable=g-import-not-at-top
   photos = datasets.load_sample_images().images  # 2 × [427, 640, 3] uint8
@@ -70,11 +72,12 @@ def load_photos(split: str, image_size: int, num_images: int = 2000) -> Split:
     y, x = rng.integers(0, 427 - side), rng.integers(0, 640 - side)
     crop = Image.fromarray(photos[which][y:y + side, x:x + side])
     crops.append(np.asarray(crop.resize((image_size, image_size), Image.Resampling.LANCZOS)))
-    labels.append(which)
+    quadrant = 2 * int(y + side / 2 >= 427 / 2) + int(x + side / 2 >= 640 / 2)
+    labels.append(4 * which + quadrant)
   cut = num_images * 4 // 5
   part = slice(0, cut) if split == "train" else slice(cut, num_images)
   return Split(images=np.stack(crops[part]), labels={"label": np.array(labels[part], np.int32)},
-               num_classes={"label": 2})
+               num_classes={"label": 8})
 
 
 def _read_idx(path: str) -> np.ndarray:

@@ -19,5 +19,6 @@ class ConvNet(nn.Module):
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5)
     for width in self.widths:
       x = nn.relu(norm()(nn.Conv(width, (3, 3), strides=(2, 2), use_bias=False)(x)))
+    self.sow("intermediates", "feature_map", x)  # local features (analysis.local_features)
     x = x.reshape((x.shape[0], -1))
     return nn.relu(norm()(nn.Dense(self.hidden_dim, use_bias=False)(x)))

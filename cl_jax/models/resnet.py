@@ -70,6 +70,7 @@ class ResNet(nn.Module):
       for b in range(num_blocks):
         strides = 2 if stage > 0 and b == 0 else 1
         x = self.block(self.width * 2**stage, strides, norm)(x)
+    self.sow("intermediates", "feature_map", x)  # local features (analysis.local_features)
     return jnp.mean(x, axis=(1, 2))
 
 
