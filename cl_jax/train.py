@@ -204,8 +204,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   schedule = optim.learning_rate_schedule(config.optim, batch_size, num_steps, per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
   input_shape = (1, *train_ds.element_spec["view1"].shape[1:])
-  state = create_train_state(model, tx, input_shape, config.seed, mesh,
-                             queue_size=config.loss.get("queue_size", 0))
+  queue_size = config.loss.queue_size if config.loss.name == "moco" else 0
+  state = create_train_state(model, tx, input_shape, config.seed, mesh, queue_size=queue_size)
   if start_step:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     state = manager.restore(start_step, args=ocp.args.Composite(

@@ -157,3 +157,12 @@ def test_supcon_outside_its_config_names_the_config(tmp_path):
   config.loss.name = "supcon"
   with pytest.raises(validate.ConfigError, match="needs loss.supervised_label, loss.beta"):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_moco_config_can_switch_to_a_simclr_loss(tmp_path):
+  """The IFM sweep compares methods from one config: loss.name=ntxent must not build MoCo state."""
+  config = _small(moco_ifm.get_config())
+  config.loss.name = "ntxent"
+  config.train.num_steps = 2
+  result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
+  assert result["step"] == 2
