@@ -13,16 +13,22 @@ import pytest  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # for `import configs...`
 
 
+def shrink(config, num_steps: int = 6):
+  """`config` shrunk to seconds of training: small head, batch 64, checkpoint every 2 steps."""
+  config.model.update(head_hidden_dim=32, embed_dim=16)
+  config.train.update(batch_size=64, num_steps=num_steps, log_every_steps=2,
+                      checkpoint_every_steps=2)
+  config.eval.probe_steps = 20
+  return config
+
+
+@pytest.fixture
+def small():
+  return shrink
+
+
 @pytest.fixture
 def digits_config():
   """The embedded default, shrunk to a few seconds of training."""
   from configs import simclr_randbit
-  config = simclr_randbit.get_config()
-  config.model.head_hidden_dim = 32
-  config.model.embed_dim = 16
-  config.train.batch_size = 64
-  config.train.num_steps = 6
-  config.train.log_every_steps = 2
-  config.train.checkpoint_every_steps = 2
-  config.eval.probe_steps = 20
-  return config
+  return shrink(simclr_randbit.get_config())

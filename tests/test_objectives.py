@@ -15,13 +15,6 @@ from configs import moco_ifm, supcon_joint
 ONE_DEVICE = jax.devices()[:1]
 
 
-def _small(config):
-  config.model.update(head_hidden_dim=32, embed_dim=16)
-  config.train.update(batch_size=64, num_steps=6, log_every_steps=2, checkpoint_every_steps=2)
-  config.eval.probe_steps = 20
-  return config
-
-
 def test_momentum_update_is_the_ema():
   key = {"w": jnp.array([1.0, 2.0])}
   query = {"w": jnp.array([3.0, -2.0])}
@@ -40,8 +33,8 @@ def test_queue_is_fifo_over_whole_batches():
   np.testing.assert_array_equal(queue[:2], batches[3])
 
 
-def test_moco_step_moves_key_encoder_and_fills_queue(tmp_path):
-  config = _small(moco_ifm.get_config())
+def test_moco_step_moves_key_encoder_and_fills_queue(tmp_path, small):
+  config = small(moco_ifm.get_config())
   config.loss.queue_size = 128
   mesh = train.create_mesh(ONE_DEVICE)
   split = sources.load(config.data, "train")
@@ -102,8 +95,8 @@ def test_coarse_labels_for_digits_and_cifar100():
 
 
 @pytest.mark.parametrize("loss", ["supcon", "joint", "ntxent"])
-def test_scl_ucl_joint_train_with_coarse_labels_and_curve(loss, tmp_path):
-  config = _small(supcon_joint.get_config())
+def test_scl_ucl_joint_train_with_coarse_labels_and_curve(loss, tmp_path, small):
+  config = small(supcon_joint.get_config())
   config.loss.name = loss
   config.eval.every_steps = 3
   result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
@@ -115,8 +108,8 @@ def test_scl_ucl_joint_train_with_coarse_labels_and_curve(loss, tmp_path):
   assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
-def test_moco_and_curve_resume_exactly(tmp_path, monkeypatch):
-  config = _small(moco_ifm.get_config())
+def test_moco_and_curve_resume_exactly(tmp_path, monkeypatch, small):
+  config = small(moco_ifm.get_config())
   config.loss.queue_size = 128
   config.eval.every_steps = 2
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"), ONE_DEVICE)
@@ -142,8 +135,8 @@ def test_moco_and_curve_resume_exactly(tmp_path, monkeypatch):
     (supcon_joint.get_config, "loss.supervised_label", "fine", "is not a label of 'digits'"),
     (supcon_joint.get_config, "loss.ifm_epsilon", -0.1, "loss.ifm_epsilon=-0.1 must be >= 0"),
 ])
-def test_objective_config_errors(make, field, value, message, tmp_path):
-  config = _small(make())
+def test_objective_config_errors(make, field, value, message, tmp_path, small):
+  config = small(make())
   section, name = field.split(".")
   config[section][name] = value
   with pytest.raises(validate.ConfigError, match=message):
@@ -159,9 +152,9 @@ def test_supcon_outside_its_config_names_the_config(tmp_path):
     train.train_and_evaluate(config, str(tmp_path))
 
 
-def test_moco_config_can_switch_to_a_simclr_loss(tmp_path):
+def test_moco_config_can_switch_to_a_simclr_loss(tmp_path, small):
   """The IFM sweep compares methods from one config: loss.name=ntxent must not build MoCo state."""
-  config = _small(moco_ifm.get_config())
+  config = small(moco_ifm.get_config())
   config.loss.name = "ntxent"
   config.train.num_steps = 2
   result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)

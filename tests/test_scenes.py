@@ -167,21 +167,14 @@ def test_digits_on_photos_source_and_unique_digit_pool():
   assert set(digits.tolist()) == set(pool_labels.tolist())
 
 
-def _small(config):
-  config.model.update(head_hidden_dim=32, embed_dim=16)
-  config.train.update(batch_size=64, num_steps=3, log_every_steps=1, checkpoint_every_steps=3)
-  config.eval.probe_steps = 10
-  return config
-
-
 @pytest.mark.parametrize("name,labels", [
     ("digits_on_images", {"label", "digit"}), ("multidigit", {"label"}),
     ("digit_sizes", {"label", "other_digit"}), ("backgrounds", {"label", "background"})])
-def test_feature_configs_train_end_to_end(name, labels, tmp_path):
+def test_feature_configs_train_end_to_end(name, labels, tmp_path, small):
   import jax
   from cl_jax import train
   from cl_jax.config_files import sibling
-  config = _small(sibling(__file__.replace("tests", "configs"), name).get_config())
+  config = small(sibling(__file__.replace("tests", "configs"), name).get_config(), 3)
   result = train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
   assert set(result["linear_eval"]) == labels
   for k in config.eval.get("kmeans_clusters", ()):
@@ -194,11 +187,11 @@ def test_feature_configs_train_end_to_end(name, labels, tmp_path):
     ("digit_sizes", "other_digit_size", 20, r"data.other_digit_size=20 must be in \[1, 16\]"),
     ("digits_on_images", "num_unique_digits", 5000, "exceeds the 1347 training digits"),
 ])
-def test_feature_config_errors(name, field, value, message, tmp_path):
+def test_feature_config_errors(name, field, value, message, tmp_path, small):
   import jax
   from cl_jax import train, validate
   from cl_jax.config_files import sibling
-  config = _small(sibling(__file__.replace("tests", "configs"), name).get_config())
+  config = small(sibling(__file__.replace("tests", "configs"), name).get_config(), 3)
   config.data[field] = value
   with pytest.raises((validate.ConfigError, sources.DataError), match=message):
     train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
