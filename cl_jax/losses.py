@@ -218,16 +218,18 @@ def effective_rank(z: jax.Array) -> jax.Array:
 # Config name → loss of (z1, z2, batch, key, loss_config). `batch` holds the labels, `key` is the
 # step's PRNG key (for losses that draw random projections or prior samples). MoCo ("moco") needs
 # the momentum encoder and queue, so the training step computes it itself.
-def _ifm(cfg):
+def ifm_kwargs(cfg):
+  """{ifm_epsilon, ifm_alpha} of a loss config, as keyword arguments for the losses."""
   return dict(ifm_epsilon=cfg.ifm_epsilon, ifm_alpha=cfg.ifm_alpha)
 
 
 CONTRASTIVE_LOSSES = {
-    "ntxent": lambda z1, z2, batch, key, cfg: ntxent(z1, z2, cfg.temperature, **_ifm(cfg)),
+    "ntxent": lambda z1, z2, batch, key, cfg: ntxent(z1, z2, cfg.temperature,
+                                                     **ifm_kwargs(cfg)),
     "supcon": lambda z1, z2, batch, key, cfg: supcon(
-        z1, z2, batch[cfg.supervised_label], cfg.temperature, **_ifm(cfg)),
+        z1, z2, batch[cfg.supervised_label], cfg.temperature, **ifm_kwargs(cfg)),
     "joint": lambda z1, z2, batch, key, cfg: joint(
-        z1, z2, batch[cfg.supervised_label], cfg.temperature, cfg.beta, **_ifm(cfg)),
+        z1, z2, batch[cfg.supervised_label], cfg.temperature, cfg.beta, **ifm_kwargs(cfg)),
     "generalized": lambda z1, z2, batch, key, cfg: generalized(
         z1, z2, key, lam=cfg.lam, temperature=cfg.temperature, prior=cfg.prior,
         hidden_norm=cfg.hidden_norm, scale=cfg.scale),

@@ -90,7 +90,7 @@ def compute_loss(params, batch_stats, batch, key, *, model, loss_config, momentu
         train=True, mutable=["batch_stats"])
     keys = losses.l2_normalize(jax.lax.stop_gradient(keys))
     contrastive = losses.moco_infonce(z, keys, momentum["queue"], loss_config.temperature,
-                                      **losses._ifm(loss_config))  # pylint: disable=protected-access
+                                      **losses.ifm_kwargs(loss_config))
     metrics = {"loss": contrastive, **evaluate.representation_metrics(z, keys)}
     probe_labels = {name: batch[name] for name in probe_logits}
     moco_out = (key_updated["batch_stats"], keys)
