@@ -25,17 +25,20 @@ from cl_jax.data.sources import Split
 def extract_features(model, variables, split: Split, data_config, *, seed: int, split_name: str,
                      batch_size: int, mesh):
   """(features [N, D], {label: [N] or [N, k]}, {label: number of classes}): encoder features h
-  of `split` (in split order, computed on the mesh) and the labels to probe them with."""
+  of `split` (in split order, computed on the mesh) and the labels to probe them with.
+
+  Every process holds each whole eval batch and feeds its devices' rows (`pipeline.local_rows`),
+  so the global array — and the gathered features — are in batch order whatever the order of
+  processes in the mesh, the order the labels are in."""
   num_devices = mesh.devices.size
   batch_size = -(-batch_size // num_devices) * num_devices
   encode = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
   ds, num_classes = pipeline.eval_dataset(split, data_config, seed=seed, split_name=split_name,
                                           batch_size=batch_size)
-  local = batch_size // jax.process_count()
-  lo = jax.process_index() * local
+  rows = pipeline.local_rows(mesh, batch_size)
   feats, labels = [], {}
   for batch in ds.as_numpy_iterator():
-    x = pipeline.to_global({"image": batch["image"][lo:lo + local]}, mesh)["image"]
+    x = pipeline.to_global({"image": batch["image"][rows]}, mesh)["image"]
     h = multihost_utils.process_allgather(encode(variables, x), tiled=True)
     valid = batch["valid"]
     feats.append(np.asarray(h)[valid])
@@ -110,8 +113,8 @@ def test_representation_metrics(model, variables, test: Split, config, mesh) -> 
   num_devices = mesh.devices.size
   batch_size = min(config.eval.batch_size, len(test)) // num_devices * num_devices
   ds = pipeline.train_dataset(test, config.data, seed=config.seed, batch_size=batch_size,
-                              start_step=0, num_steps=1, process_index=jax.process_index(),
-                              process_count=jax.process_count())
+                              start_step=0, num_steps=1,
+                              rows=pipeline.local_rows(mesh, batch_size))
   batch = next(pipeline.global_batches(ds, mesh))
 
   @jax.jit

@@ -1,36 +1,70 @@
 """Entry point: python -m cl_jax.main --config=configs/<name>.py[:variant] --workdir=DIR
-[--config.section.field=value ...]."""
+[--config.section.field=value ...].
+
+Exit status: 0 done (DIR/eval.json written); 1 bad input or a diverged run (one paragraph on
+stderr); 75 preempted (SIGTERM) after saving a checkpoint — rerun the same command to resume.
+"""
+import contextlib
+import os
 import sys
 
-import jax
-import tensorflow as tf
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from cl_jax import train, validate
-from cl_jax.data import sources
+@contextlib.contextmanager
+def _stderr_silenced():
+  """TensorFlow's C++ writes INFO notices (oneDNN, CPU features) to file descriptor 2 while it is
+  imported, before any log level applies; silence fd 2 for the import only."""
+  saved = os.dup(2)
+  devnull = os.open(os.devnull, os.O_WRONLY)
+  os.dup2(devnull, 2)
+  try:
+    yield
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+with _stderr_silenced():
+  import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
+
+import jax  # noqa: E402
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from cl_jax import hosts, train, validate  # noqa: E402
+from cl_jax.data import sources  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, TensorBoard logs and "
-                               "eval.json. Rerunning with the same workdir resumes.")
-_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() "
-                                 "(multi-host Cloud TPU pods / GPU clusters).")
+                               "eval.json: a local path or a bucket (gs://bucket/run). Rerunning "
+                               "with the same workdir resumes.")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process job with "
+                                 "jax.distributed.initialize() (Cloud TPU pods, SLURM: detected; "
+                                 "else JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID "
+                                 "as launch/local_cluster.py sets them).")
 flags.mark_flags_as_required(["config", "workdir"])
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: try again later
 
 
 def main(argv):
   del argv
   train.quiet_library_logs()
   tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerator memory for JAX.
-  if _DISTRIBUTED.value:
-    jax.distributed.initialize()
-  logging.info("JAX %s: %d process(es), devices %s", jax.__version__, jax.process_count(),
-               jax.devices())
+  if _DISTRIBUTED.value or "JAX_NUM_PROCESSES" in os.environ:
+    hosts.initialize_distributed()
+  logging.info("JAX %s: process %d of %d, %d device(s) in all (%s)", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.device_count(),
+               jax.devices()[0].platform)
   try:
     train.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  except (validate.ConfigError, sources.DataError) as e:
+  except (validate.ConfigError, sources.DataError, train.NonFiniteError) as e:
     sys.exit(f"error: {e}")
+  except hosts.Preempted as e:
+    logging.warning("%s", e)
+    sys.exit(EXIT_PREEMPTED)
 
 
 if __name__ == "__main__":

@@ -2,6 +2,9 @@
 
 Data parallel: `jax.jit` over a 1-D mesh ("data",) — batches sharded on axis 0, state replicated.
 Under jit the loss and BatchNorm see the GLOBAL batch (negatives and statistics span all devices).
+Every process runs this same code; only process 0 writes reports (eval.json, curves, PNGs), every
+process joins the checkpoints. All workdir I/O goes through `paths` (etils.epath), so the workdir
+may be a bucket (gs://...).
 """
 import json
 import logging as std_logging
@@ -21,7 +24,7 @@ from clu import metric_writers, periodic_actions
 from flax.training import train_state
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from cl_jax import evaluate, losses, models, optim, validate
+from cl_jax import evaluate, hosts, losses, models, optim, paths, validate
 from cl_jax.analysis import curves, local_features
 from cl_jax.data import pipeline, sources
 
@@ -31,13 +34,21 @@ RESUMABLE_CHANGES = ("data.data_dir", "train.log_every_steps", "train.checkpoint
                      "eval.")
 
 
+class NonFiniteError(RuntimeError):
+  """The loss or a gradient became NaN/inf; nothing from that step on was saved."""
+
+
+_QUIET_LOGGERS = ("/orbax/", "/clu/", "/jax/_src/xla_bridge", "/etils/")
+
+
 def quiet_library_logs():
-  """Keep orbax's per-save INFO chatter and clu's echo of every scalar (already in our progress
-  line and in TensorBoard) out of the absl log; warnings still show."""
+  """Keep library INFO chatter (orbax's per-save lines, clu's echo of every scalar and its work
+  unit notes, JAX's search for a TPU backend) out of the absl log; their warnings still show."""
   def keep(record) -> bool:
     return record.levelno >= std_logging.WARNING or not any(
-        part in record.pathname for part in ("/orbax/", "/clu/metric_writers/logging_writer"))
+        part in record.pathname for part in _QUIET_LOGGERS)
   logging.get_absl_handler().addFilter(keep)
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
 
 class TrainState(train_state.TrainState):
@@ -132,10 +143,11 @@ def train_step(state: TrainState, batch, *, model, loss_config, base_key, schedu
   if momentum is not None:
     momentum = {**momentum, "params": momentum_update(momentum["params"], state.params,
                                                       loss_config.momentum)}
-  grad_fn = jax.grad(compute_loss, has_aux=True)
-  grads, (metrics, batch_stats, moco_out) = grad_fn(
+  grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
+  (total, (metrics, batch_stats, moco_out)), grads = grad_fn(
       state.params, state.batch_stats, batch, key, model=model, loss_config=loss_config,
       momentum=momentum)
+  metrics["finite"] = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
   if momentum is not None:
     key_batch_stats, keys = moco_out
     queue, queue_ptr = enqueue(momentum["queue"], momentum["queue_ptr"], keys)
@@ -155,11 +167,32 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
           and not any(k.startswith(p) for p in RESUMABLE_CHANGES)]
 
 
-def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
+@jax.jit
+def all_finite(tree) -> jax.Array:
+  """True when every floating-point leaf of `tree` is free of NaN and inf."""
+  return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
+                              if jnp.issubdtype(x.dtype, jnp.floating)]))
+
+
+def raise_if_nonfinite(finite, step: int, manager: ocp.CheckpointManager):
+  """Stop at the first step whose loss or gradient was not finite, naming the kept checkpoint."""
+  if bool(finite):
+    return
+  latest = manager.latest_step()
+  kept = (f"The last good checkpoint, step {latest} in {manager.directory}, is kept; rerunning "
+          "resumes from it (and would diverge again with the same settings)." if latest else
+          "No checkpoint had been written yet.")
+  raise NonFiniteError(
+      f"Training stopped: the loss or its gradient became non-finite (NaN or inf) at step "
+      f"{step}, and nothing from that step on was saved. {kept} Try a lower "
+      "optim.learning_rate, a warm-up (optim.warmup_epochs) or a higher loss.temperature.")
+
+
+def checkpoint_manager(workdir, config: ml_collections.ConfigDict) -> ocp.CheckpointManager:
   """Orbax manager under workdir/checkpoints. If it holds a checkpoint written with an
   incompatible config, raise a `ConfigError` listing the differences (nothing is touched)."""
   manager = ocp.CheckpointManager(
-      os.path.abspath(os.path.join(workdir, "checkpoints")),
+      workdir / "checkpoints",
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
       item_names=("state", "config"))
   latest = manager.latest_step()
@@ -174,12 +207,18 @@ def checkpoint_manager(workdir: str, config: ml_collections.ConfigDict) -> ocp.C
   return manager
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=None) -> dict:
-  """Train per `config`, checkpointing into `workdir` (resuming from the latest checkpoint), then
-  write and return the linear evaluation (workdir/eval.json)."""
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
+  """Train per `config`, checkpointing into `workdir` (a local path or a bucket URI; resuming from
+  the latest checkpoint), then write and return the linear evaluation (workdir/eval.json).
+
+  Raises `validate.ConfigError` / `sources.DataError` before compiling for bad input,
+  `hosts.Preempted` after saving on SIGTERM, `NonFiniteError` when the loss diverges.
+  """
   # ---- Checks, data and step counts (before anything compiles).
   mesh = create_mesh(devices)
   validate.check_config(config, mesh.devices.size, jax.process_count())
+  workdir = paths.workdir_path(workdir)
+  validate.check_workdir(workdir)
   train_split = sources.load(config.data, "train")
   test_split = sources.load(config.data, "test")
   batch_size = config.train.batch_size
@@ -199,7 +238,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
   start_step = manager.latest_step() or 0
   train_ds = pipeline.train_dataset(
       train_split, config.data, seed=config.seed, batch_size=batch_size, start_step=start_step,
-      num_steps=num_steps, process_index=jax.process_index(), process_count=jax.process_count())
+      num_steps=num_steps, rows=pipeline.local_rows(mesh, batch_size))
   model = models.create_model(config.model, pipeline.label_classes(train_split, config.data))
   schedule = optim.learning_rate_schedule(config.optim, batch_size, num_steps, per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
@@ -217,7 +256,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
       lambda s, b: train_step(s, b, model=model, loss_config=config.loss,
                               base_key=jax.random.PRNGKey(config.seed), schedule=schedule),
       donate_argnums=(0,))
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = metric_writers.create_default_writer(os.fspath(workdir),
+                                                just_logging=jax.process_index() > 0)
   if start_step == 0:
     writer.write_hparams(flax.traverse_util.flatten_dict(config.to_dict(), sep="."))
   progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
@@ -226,11 +266,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
 
   # Learn-then-unlearn curve: linear probes every eval.every_steps, kept in workdir/curve.json
   # (entries after the resumed step are recomputed, so a resumed run gives the same curve).
-  curve_path = os.path.join(workdir, "curve.json")
+  curve_path = workdir / "curve.json"
   curve = []
-  if start_step and os.path.exists(curve_path):
-    with open(curve_path) as f:
-      curve = [point for point in json.load(f) if point["step"] <= start_step]
+  if start_step and curve_path.exists():
+    curve = [point for point in paths.read_json(curve_path) if point["step"] <= start_step]
 
   def probe_curve(step, state):
     variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -238,38 +277,54 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
     curve.append({"step": step, **accuracies})
     writer.write_scalars(step, {f"probe_curve/{k}": v for k, v in accuracies.items()})
     if jax.process_index() == 0:
-      with open(curve_path, "w") as f:
-        json.dump(curve, f, indent=2)
+      paths.write_json(curve_path, curve)
 
-  # ---- Train (an exception still lets in-flight checkpoints finish).
+  def save(step, state, finite):
+    """Checkpoint `state` after step `step` — only if that step and the state are finite."""
+    raise_if_nonfinite(bool(finite) and bool(all_finite(state)), step, manager)
+    manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        config=ocp.args.JsonSave(json.loads(config.to_json()))))
+
+  # ---- Train. Each step's finiteness is checked one step late (dispatch stays asynchronous) and
+  # before every save; on SIGTERM every process saves the current step and stops; an exception
+  # still lets in-flight checkpoints finish.
   logging.info("Training %d steps (%d per epoch) of global batch %d on %d device(s).",
                num_steps, per_epoch, batch_size, mesh.devices.size)
-  pending, t_last, s_last = [], time.time(), start_step
+  pending, t_last, s_last, previous_finite = [], time.time(), start_step, None
   try:
-    for step, batch in zip(range(start_step + 1, num_steps + 1), batches):
-      state, metrics = step_fn(state, batch)
-      pending.append(metrics)
-      progress(step)
-      if step % config.train.log_every_steps == 0 or step == num_steps:
-        summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
-        pending = []
-        writer.write_scalars(step, summary)
-        rate = (step - s_last) / (time.time() - t_last)
-        t_last, s_last = time.time(), step
-        eta = time.strftime("%H:%M:%S", time.gmtime((num_steps - step) / max(rate, 1e-9)))
-        logging.info("step %d/%d | %s | %.1f steps/s | ETA %s", step, num_steps,
-                     " | ".join(f"{k} {v:.4g}" for k, v in summary.items()), rate, eta)
-      if config.eval.every_steps and step % config.eval.every_steps == 0:
-        probe_curve(step, state)
-      if step % config.train.checkpoint_every_steps == 0 or step == num_steps:
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            config=ocp.args.JsonSave(json.loads(config.to_json()))))
+    with hosts.PreemptionWatch() as preemption:
+      for step, batch in zip(range(start_step + 1, num_steps + 1), batches):
+        state, metrics = step_fn(state, batch)
+        finite = metrics.pop("finite")
+        if previous_finite is not None:
+          raise_if_nonfinite(previous_finite, step - 1, manager)
+        previous_finite = finite
+        pending.append(metrics)
+        progress(step)
+        if step % config.train.log_every_steps == 0 or step == num_steps:
+          summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
+                     for k in pending[0]}
+          pending = []
+          writer.write_scalars(step, summary)
+          rate = (step - s_last) / (time.time() - t_last)
+          t_last, s_last = time.time(), step
+          eta = time.strftime("%H:%M:%S", time.gmtime((num_steps - step) / max(rate, 1e-9)))
+          logging.info("step %d/%d | %s | %.1f steps/s | ETA %s", step, num_steps,
+                       " | ".join(f"{k} {v:.4g}" for k, v in summary.items()), rate, eta)
+        if config.eval.every_steps and step % config.eval.every_steps == 0:
+          probe_curve(step, state)
+        preempted = preemption.reached(step, manager)
+        if preempted or step % config.train.checkpoint_every_steps == 0 or step == num_steps:
+          save(step, state, finite)
+        if preempted:
+          raise hosts.Preempted(step, manager.directory)
   finally:
     manager.wait_until_finished()
     manager.close()
+    writer.flush()
 
-  # ---- Evaluate.
+  # ---- Evaluate (every process computes; process 0 writes).
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   linear = evaluate.linear_eval(model, variables, train_split, test_split, config, mesh)
   representation = evaluate.test_representation_metrics(model, variables, test_split, config,
@@ -278,17 +333,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, devices=
                                    **{f"test_metrics/{k}": v for k, v in representation.items()}})
   writer.flush()
   result = {"step": num_steps, "linear_eval": linear, "metrics": representation}
-  if config.eval.get("kmeans_clusters") and jax.process_index() == 0:
-    local_features.save_kmeans_pngs(model, variables, test_split, config, workdir,
-                                    config.eval.kmeans_clusters)
   if curve:
     result["curve"] = curve
-    if jax.process_index() == 0:
-      curves.plot_curves({os.path.basename(os.path.normpath(workdir)): curve},
-                         os.path.join(workdir, "curve.png"))
+  if config.eval.get("kmeans_clusters"):
+    local_features.save_kmeans_pngs(model, variables, test_split, config, workdir,
+                                    config.eval.kmeans_clusters)
   if jax.process_index() == 0:
-    with open(os.path.join(workdir, "eval.json"), "w") as f:
-      json.dump(result, f, indent=2)
+    if curve:
+      curves.plot_curves({workdir.name: curve}, workdir / "curve.png")
+    paths.write_json(workdir / "eval.json", result)
   logging.info("Linear evaluation (test accuracy) at step %d:\n%s", num_steps,
                "\n".join(f"  {k:<14} {v:.4f}" for k, v in linear.items()))
   return result

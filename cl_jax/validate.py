@@ -4,7 +4,7 @@ Each failure is a `ConfigError` whose message names the field, the value and the
 """
 import ml_collections
 
-from cl_jax import losses, models, optim
+from cl_jax import losses, models, optim, paths
 from cl_jax.data import features
 
 
@@ -86,6 +86,25 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   _positive("train.checkpoint_every_steps", train.checkpoint_every_steps)
   if config.eval.every_steps < 0:
     raise ConfigError(f"eval.every_steps={config.eval.every_steps} must be >= 0 (0 = off).")
+  if not config.eval.l2 >= 0:
+    raise ConfigError(f"eval.l2={config.eval.l2!r} must be >= 0: it is the L2 penalty (l2/2)·‖W‖² "
+                      "of the linear probe on standardised features (default 1e-3).")
+  if not isinstance(config.eval.probe_steps, int) or config.eval.probe_steps <= 0:
+    raise ConfigError(f"eval.probe_steps={config.eval.probe_steps!r} must be a positive number of "
+                      "L-BFGS iterations for the linear probe (default 200); with 0 the probe "
+                      "would report an untrained classifier.")
+  _positive("eval.batch_size", config.eval.batch_size)
+
+
+def check_workdir(workdir):
+  """Raise `ConfigError` unless `workdir` (an epath.Path) can be created and written to."""
+  try:
+    paths.check_writable(workdir)
+  except Exception as e:  # pylint: disable=broad-except  (OSError, tf/gcs errors, ...)
+    raise ConfigError(
+        f"--workdir={workdir} cannot be written to ({type(e).__name__}: {e}). Checkpoints, "
+        "eval.json and TensorBoard files go there: pass a folder you can write to, or a bucket "
+        "(gs://...) this machine has write access to.") from None
 
 
 SCENE_CONFIGS = {"digits_on_images": "digits_on_images.py", "multidigits": "multidigit.py",

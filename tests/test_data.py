@@ -1,8 +1,10 @@
 """Data: embedded source, random bits (SPEC §2.1), two-view pipeline determinism and slicing."""
+import jax
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
+from cl_jax import train
 from cl_jax.data import features, pipeline, sources
 
 
@@ -80,15 +82,31 @@ def test_pipeline_resumes_exactly_and_is_seeded(data_config):
   assert not np.array_equal(full[0]["index"], other[0]["index"])
 
 
-def test_process_slices_tile_the_global_batch(data_config):
+def test_process_rows_tile_the_global_batch(data_config):
+  """Any partition of the rows (e.g. an interleaved TPU mesh: process p holds rows p, p+4, ...)
+  reads exactly those rows of the one global batch."""
   split = sources.load(data_config, "train")
-  make = lambda p, count: next(pipeline.train_dataset(
-      split, data_config, seed=0, batch_size=32, start_step=2, num_steps=3, process_index=p,
-      process_count=count).as_numpy_iterator())
-  whole = make(0, 1)
-  parts = [make(p, 4) for p in range(4)]
-  for k in whole:
-    np.testing.assert_array_equal(np.concatenate([p[k] for p in parts]), whole[k])
+  make = lambda rows: next(pipeline.train_dataset(
+      split, data_config, seed=0, batch_size=32, start_step=2, num_steps=3,
+      rows=rows).as_numpy_iterator())
+  whole = make(None)
+  for parts in ([np.arange(8 * p, 8 * p + 8) for p in range(4)],
+                [np.arange(p, 32, 4) for p in range(4)]):
+    for rows in parts:
+      local = make(rows)
+      for k in whole:
+        np.testing.assert_array_equal(local[k], whole[k][rows])
+
+
+def test_local_rows_follow_the_mesh_order():
+  devices = jax.devices()
+  assert list(pipeline.local_rows(train.create_mesh(devices), 16)) == list(range(16))
+  # One process holds every device here, so any device order gives all rows; the per-device
+  # slices follow the mesh order.
+  reversed_mesh = train.create_mesh(devices[::-1])
+  sharding = pipeline.batch_sharding(reversed_mesh)
+  assert sharding.addressable_devices_indices_map((16,))[devices[-1]] == (slice(0, 2),)
+  assert list(pipeline.local_rows(reversed_mesh, 16)) == list(range(16))
 
 
 def test_eval_images_carry_the_bits_unaugmented(data_config):

@@ -7,6 +7,8 @@ import sys
 import time
 
 import jax
+import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
@@ -98,6 +100,9 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
     ("train.batch_size", 4096, "larger than the training set"),
     ("loss.temperature", 0.0, "loss.temperature=0.0 must be > 0"),
     ("data.image_size", 4, "data.image_size=4 is too small for model.encoder='convnet'"),
+    ("eval.l2", -1.0, r"eval.l2=-1.0 must be >= 0: it is the L2 penalty"),
+    ("eval.probe_steps", 0, "eval.probe_steps=0 must be a positive number of L-BFGS iterations"),
+    ("train.checkpoint_every_steps", 0, "train.checkpoint_every_steps=0 must be > 0"),
 ])
 def test_bad_input_fails_with_a_clear_message_before_compiling(digits_config, tmp_path,
                                                                monkeypatch, field, value,
@@ -107,6 +112,32 @@ def test_bad_input_fails_with_a_clear_message_before_compiling(digits_config, tm
   monkeypatch.setattr(train, "create_train_state", lambda *a, **k: pytest.fail("compiled"))
   with pytest.raises((validate.ConfigError, sources.DataError), match=message):
     train.train_and_evaluate(digits_config, str(tmp_path))
+
+
+def test_unwritable_workdir_fails_before_compiling(digits_config, tmp_path, monkeypatch):
+  (tmp_path / "a_file").write_text("")  # a workdir below a file can never be created
+  monkeypatch.setattr(train, "create_train_state", lambda *a, **k: pytest.fail("compiled"))
+  with pytest.raises(validate.ConfigError,
+                     match=r"--workdir=.*a_file/run cannot be written to \(NotADirectoryError"):
+    train.train_and_evaluate(digits_config, str(tmp_path / "a_file" / "run"))
+
+
+def test_diverging_run_stops_at_the_first_nonfinite_step_and_keeps_the_last_good_checkpoint(
+    digits_config, tmp_path):
+  # SGD at lr 1e30: step 1's update is finite but enormous; step 2's forward overflows to NaN.
+  digits_config.optim.update(name="sgd", learning_rate=1e30)
+  digits_config.train.checkpoint_every_steps = 1
+  with pytest.raises(train.NonFiniteError,
+                     match=r"(?s)non-finite \(NaN or inf\) at step 2.*last good checkpoint, "
+                           r"step 1 in .*checkpoints, is kept"):
+    train.train_and_evaluate(digits_config, str(tmp_path), ONE_DEVICE)
+  assert os.listdir(tmp_path / "checkpoints") == ["1"]
+  assert not (tmp_path / "eval.json").exists()
+  manager = ocp.CheckpointManager(tmp_path / "checkpoints", item_names=("state", "config"))
+  saved = manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+  leaves = [np.asarray(x) for x in jax.tree.leaves(saved)]
+  assert leaves and all(np.all(np.isfinite(x)) for x in leaves if x.dtype.kind == "f")
+  assert max(np.abs(x).max() for x in leaves if x.dtype.kind == "f") > 1e20  # really diverging
 
 
 def test_unprepared_tfds_dataset_fails_before_compiling(digits_config, tmp_path, monkeypatch):
@@ -124,8 +155,16 @@ def _main(workdir, *overrides):
           "--config.train.batch_size=64", "--config.train.log_every_steps=5", *overrides]
 
 
-def test_command_line_overrides_and_sigkill_resume(tmp_path):
-  """The CLI applies overrides; a run killed with SIGKILL resumes to the same eval.json."""
+def _wait_for_checkpoint(run, step_dir, deadline_s=240):
+  deadline = time.time() + deadline_s
+  while not step_dir.exists() and run.poll() is None:
+    assert time.time() < deadline
+    time.sleep(0.05)
+
+
+def test_command_line_overrides_sigkill_and_sigterm_resume(tmp_path):
+  """The CLI applies overrides; a run killed with SIGKILL, or preempted with SIGTERM (saving the
+  step it is at, exit 75), resumes to the same eval.json as an uninterrupted run."""
   env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
   args = ["--config.train.num_steps=40", "--config.train.checkpoint_every_steps=10",
           "--config.data.random_bits=3", "--config.loss.temperature=0.3"]
@@ -141,10 +180,7 @@ def test_command_line_overrides_and_sigkill_resume(tmp_path):
 
   run = subprocess.Popen(_main(tmp_path / "b", *args), cwd=REPO, env=env,
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  deadline = time.time() + 240
-  while not (tmp_path / "b" / "checkpoints" / "20").exists() and run.poll() is None:
-    assert time.time() < deadline
-    time.sleep(0.05)
+  _wait_for_checkpoint(run, tmp_path / "b" / "checkpoints" / "20")
   run.send_signal(signal.SIGKILL)
   run.wait()
   assert not (tmp_path / "b" / "eval.json").exists(), "killed too late to test resumption"
@@ -153,6 +189,30 @@ def test_command_line_overrides_and_sigkill_resume(tmp_path):
   assert again.returncode == 0, again.stderr[-3000:]
   assert "Resumed from checkpoint at step" in again.stderr
   assert json.loads((tmp_path / "b" / "eval.json").read_text()) == uninterrupted
+
+  # SIGTERM (preemption): periodic checkpoints off, so the only checkpoint is the one the signal
+  # makes at the step the run was at.
+  sigterm_args = [*args[:1], "--config.train.checkpoint_every_steps=1000", *args[2:]]
+  run = subprocess.Popen(_main(tmp_path / "c", *sigterm_args), cwd=REPO, env=env,
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  for line in run.stderr:  # progress lines: signal once training is under way
+    if "step 5/40" in line:
+      break
+  assert run.poll() is None, "finished before the signal"
+  sent = time.time()
+  run.send_signal(signal.SIGTERM)
+  _, stderr = run.communicate(timeout=120)
+  assert time.time() - sent < 60
+  assert run.returncode == 75, stderr[-3000:]
+  saved = os.listdir(tmp_path / "c" / "checkpoints")
+  assert len(saved) == 1 and 0 < int(saved[0]) < 40, saved
+  assert f"Preempted: saved a checkpoint at step {saved[0]}" in stderr
+  assert "Traceback" not in stderr
+  again = subprocess.run(_main(tmp_path / "c", *sigterm_args), cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0, again.stderr[-3000:]
+  assert f"Resumed from checkpoint at step {saved[0]}" in again.stderr
+  assert json.loads((tmp_path / "c" / "eval.json").read_text()) == uninterrupted
 
 
 def test_command_line_bad_input_exits_with_one_paragraph(tmp_path):

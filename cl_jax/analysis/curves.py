@@ -1,20 +1,16 @@
 """Plot linear-probe accuracy over training (the learn-then-unlearn curves of Xue et al. 2023).
 
-  python -m cl_jax.analysis.curves RUN_DIR [RUN_DIR ...] --out=curves.png
+  python -m cl_jax.analysis.plot_curves RUN_DIR [RUN_DIR ...] --out=curves.png
 
 Reads RUN_DIR/curve.json (written when eval.every_steps > 0); one panel per probed label, one line
 per run. Training writes RUN_DIR/curve.png itself.
 """
-import json
-import os
 from typing import Mapping, Sequence
 
-from absl import app, flags
-
-_OUT = flags.DEFINE_string("out", "curves.png", "Output PNG.")
+from cl_jax import paths
 
 
-def plot_curves(curves: Mapping[str, Sequence[dict]], path: str):
+def plot_curves(curves: Mapping[str, Sequence[dict]], path):
   """curves: run name → [{"step": s, label: accuracy, ...}, ...] → one panel per label."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
@@ -31,19 +27,4 @@ def plot_curves(curves: Mapping[str, Sequence[dict]], path: str):
     ax.grid(alpha=0.3)
   axes[0][-1].legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-
-
-def main(argv):
-  runs = argv[1:]
-  curves = {}
-  for run in runs:
-    with open(os.path.join(run, "curve.json")) as f:
-      curves[os.path.basename(os.path.normpath(run))] = json.load(f)
-  plot_curves(curves, _OUT.value)
-  print(f"wrote {_OUT.value}")
-
-
-if __name__ == "__main__":
-  app.run(main)
+  paths.save_figure(fig, path)

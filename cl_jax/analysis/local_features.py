@@ -4,12 +4,12 @@ global pooling, for several K; one PNG per K shows images with their per-locatio
 Training calls `save_kmeans_pngs` at the end when `eval.kmeans_clusters` is set, writing
 <workdir>/local_features_k<K>.png.
 """
-import os
 from typing import Sequence
 
 import jax
 import numpy as np
 
+from cl_jax import paths
 from cl_jax.data import pipeline
 
 
@@ -50,22 +50,23 @@ def plot_segments(images: np.ndarray, segments: np.ndarray, k: int, path: str):
       ax.axis("off")
   fig.suptitle(f"K-means on local features, K = {k}")
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  paths.save_figure(fig, path)
 
 
-def save_kmeans_pngs(model, variables, split, config, workdir: str, ks: Sequence[int],
+def save_kmeans_pngs(model, variables, split, config, workdir, ks: Sequence[int],
                      num_images: int = 8, num_fit: int = 256) -> list:
   """Cluster the feature maps of the first `num_fit` evaluation images (as composed for
-  evaluation, bit planes included) and plot the first `num_images`; one PNG per K."""
+  evaluation, bit planes included) and plot the first `num_images`; one PNG per K.
+  Every process computes the maps (a jitted program over the mesh); process 0 writes."""
   ds, _ = pipeline.eval_dataset(split, config.data, seed=config.seed, split_name="test",
                                 batch_size=min(num_fit, len(split)))
   images = next(ds.as_numpy_iterator())["image"]
   maps = feature_maps(model, variables, images)
-  paths = []
-  for k in ks:
-    path = os.path.join(workdir, f"local_features_k{k}.png")
-    plot_segments(images[:num_images], kmeans_segments(maps, k, config.seed)[:num_images], k,
-                  path)
-    paths.append(path)
-  return paths
+  written = []
+  if jax.process_index() == 0:
+    for k in ks:
+      path = workdir / f"local_features_k{k}.png"
+      plot_segments(images[:num_images], kmeans_segments(maps, k, config.seed)[:num_images], k,
+                    path)
+      written.append(path)
+  return written

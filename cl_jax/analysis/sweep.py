@@ -15,14 +15,12 @@ a rerun skips finished points and resumes unfinished ones. The plot shows linear
 `--metric` (default: label) against the last axis, one line per combination of the others.
 """
 import itertools
-import json
-import os
 
 import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from cl_jax import train
+from cl_jax import paths, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file[:variant].",
                                           lock_config=True)
@@ -67,7 +65,7 @@ def markdown_table(rows, axes, metrics) -> str:
   return "\n".join(lines)
 
 
-def plot(rows, axes, metric: str, path: str):
+def plot(rows, axes, metric: str, path):
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -85,25 +83,23 @@ def plot(rows, axes, metric: str, path: str):
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  paths.save_figure(fig, path, dpi=120)
 
 
 def main(argv):
   del argv
   train.quiet_library_logs()
-  with open(_SWEEP.value) as f:
-    spec = json.load(f)
-  workdir = _WORKDIR.value
-  os.makedirs(workdir, exist_ok=True)
+  spec = paths.read_json(_SWEEP.value)
+  workdir = paths.workdir_path(_WORKDIR.value)
+  workdir.mkdir(parents=True, exist_ok=True)
   rows = []
   for name, labels, overrides in grid(spec):
     config = _CONFIG.value.copy_and_resolve_references()
     apply_overrides(config, overrides)
-    run_dir = os.path.join(workdir, name)
-    result_path = os.path.join(run_dir, "eval.json")
-    if os.path.exists(result_path):
-      with open(result_path) as f:
-        result = json.load(f)
+    run_dir = workdir / name
+    result_path = run_dir / "eval.json"
+    if result_path.exists():
+      result = paths.read_json(result_path)
     else:
       logging.info("Sweep point %s: %s", name, overrides)
       result = train.train_and_evaluate(config, run_dir)
@@ -111,11 +107,9 @@ def main(argv):
     jax.clear_caches()
   metrics = sorted({m for r in rows for m in r["linear_eval"]})
   table = markdown_table(rows, spec["axes"], metrics)
-  with open(os.path.join(workdir, "results.json"), "w") as f:
-    json.dump(rows, f, indent=2)
-  with open(os.path.join(workdir, "results.md"), "w") as f:
-    f.write(table + "\n")
-  plot(rows, spec["axes"], _METRIC.value, os.path.join(workdir, "results.png"))
+  paths.write_json(workdir / "results.json", rows)
+  (workdir / "results.md").write_text(table + "\n")
+  plot(rows, spec["axes"], _METRIC.value, workdir / "results.png")
   print(table)
 
 

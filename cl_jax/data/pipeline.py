@@ -4,8 +4,11 @@ Determinism: the example at global position g = step·B + row is a pure function
 (seed, g): epoch e = step // steps_per_epoch is a seeded permutation of the split
 (`tf.random.experimental.index_shuffle`, dropping the remainder), and the two views use stateless
 random ops seeded by (seed, g). Hence the global batches do not depend on the number of devices or
-processes (each process keeps the rows [p·B/P, (p+1)·B/P) of every global batch), and a run resumed
-at step s reads exactly what an uninterrupted run reads from step s on.
+processes, and a run resumed at step s reads exactly what an uninterrupted run reads from step s on.
+
+Multi-host: each process reads only the rows of every global batch that its own devices hold
+(`local_rows`). The mesh decides which rows those are — on TPU slices `jax.make_mesh` interleaves
+processes — so they are computed from the sharding, never assumed to be the p-th contiguous block.
 """
 from typing import Iterator, Mapping
 
@@ -27,19 +30,30 @@ def steps_per_epoch(num_examples: int, batch_size: int) -> int:
   return num_examples // batch_size
 
 
-def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed: int,
-                  batch_size: int, start_step: int, num_steps: int, process_index: int = 0,
-                  process_count: int = 1) -> tf.data.Dataset:
-  """Process-local batches {view1, view2, index, <label>...} for global steps
-  [start_step, num_steps).
+def local_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
+  """The rows of a global batch of `batch_size` that this process's devices hold under
+  `batch_sharding(mesh)`, in increasing order: exactly what `to_global` expects this process to
+  pass (`jax.make_array_from_process_local_data` maps the local rows onto the process's shards in
+  the order of their global indices)."""
+  shards = batch_sharding(mesh).addressable_devices_indices_map((batch_size,)).values()
+  return np.asarray(sorted({r for (index,) in shards for r in range(*index.indices(batch_size))}),
+                    np.int64)
 
-  view1/view2: float32 [B/P, S, S, C + random_bits]; index (position in the split) and labels:
-  int32 [B/P].
+
+def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed: int,
+                  batch_size: int, start_step: int, num_steps: int,
+                  rows=None) -> tf.data.Dataset:
+  """Process-local batches {view1, view2, index, <label>...} for global steps
+  [start_step, num_steps): the `rows` (increasing positions in [0, batch_size); default all,
+  multi-host: `local_rows(mesh, batch_size)`) of every global batch.
+
+  view1/view2: float32 [R, S, S, C + random_bits]; index (position in the split) and labels:
+  int32 [R], R = len(rows).
   """
   n, num_bits = len(split), data_config.random_bits
   per_epoch = steps_per_epoch(n, batch_size)
-  local_batch = batch_size // process_count
-  first_row = process_index * local_batch
+  rows = np.arange(batch_size) if rows is None else np.asarray(rows)
+  is_local_row = tf.constant(np.isin(np.arange(batch_size), rows))
   images = tf.constant(split.images)
   labels = {k: tf.constant(v) for k, v in split.labels.items()}
   bit_ints = tf.constant(features.random_bit_integers(n, num_bits, seed, "train"))
@@ -66,10 +80,9 @@ def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed:
     return out
 
   ds = tf.data.Dataset.range(start_step * batch_size, num_steps * batch_size)
-  ds = ds.filter(lambda g: (g % batch_size >= first_row) & (g % batch_size < first_row +
-                                                                 local_batch))
+  ds = ds.filter(lambda g: tf.gather(is_local_row, g % batch_size))
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(local_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
+  return ds.batch(len(rows), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed: int,

@@ -80,11 +80,12 @@ def load_photos(split: str, image_size: int, num_images: int = 2000) -> Split:
                num_classes={"label": 8})
 
 
-def _read_idx(path: str) -> np.ndarray:
+def _read_idx(path) -> np.ndarray:
   """An IDX file (optionally .gz): big-endian dims after a 4-byte magic; uint8 payload."""
   import gzip  # pylint: disable=g-import-not-at-top
-  with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-    raw = f.read()
+  raw = path.read_bytes()
+  if path.name.endswith(".gz"):
+    raw = gzip.decompress(raw)
   ndim = raw[3]
   dims = np.frombuffer(raw[4:4 + 4 * ndim], dtype=">u4").astype(int)
   return np.frombuffer(raw[4 + 4 * ndim:], dtype=np.uint8).reshape(dims)
@@ -94,12 +95,12 @@ def load_idx(directory, split: str, image_size: int) -> Split:
   """MNIST in the original IDX format from `directory` ({train,t10k}-{images-idx3,labels-idx1}
   -ubyte[.gz]). If only the t10k files are there, a fixed stratified 80/20 split of them serves
   as train/test."""
-  import os  # pylint: disable=g-import-not-at-top
+  from etils import epath  # pylint: disable=g-import-not-at-top
 
   def find(prefix):
     for name in (prefix, prefix + ".gz"):
-      if directory and os.path.exists(os.path.join(directory, name)):
-        return os.path.join(directory, name)
+      if directory and (epath.Path(directory) / name).exists():
+        return epath.Path(directory) / name
     return None
 
   if find("t10k-images-idx3-ubyte") is None:

@@ -1,0 +1,73 @@
+"""Two real processes (jax.distributed on 127.0.0.1, gloo, 4 fake CPU devices each) launched by
+launch/local_cluster.py, on a mesh that interleaves the processes as TPU slices do: preempted with
+SIGTERM mid-run, resumed, and compared with one process on 8 devices."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from cl_jax import train
+from cl_jax.analysis import sweep
+from configs import simclr_randbit
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OVERRIDES = {"model.head_hidden_dim": 32, "model.embed_dim": 16, "train.batch_size": 64,
+             "train.num_steps": 30, "train.log_every_steps": 10,
+             "train.checkpoint_every_steps": 1000, "eval.probe_steps": 20,
+             "eval.every_steps": 5}
+
+
+def _launch(workdir, order: str) -> subprocess.Popen:
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  return subprocess.Popen(
+      [sys.executable, "launch/local_cluster.py", "--processes=2", "--devices_per_process=4",
+       "--module=tests.multiprocess_worker", "--", str(workdir), order, json.dumps(OVERRIDES)],
+      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+
+
+def _assert_same_eval(got: dict, want: dict):
+  assert got["step"] == want["step"]
+  assert got["linear_eval"].keys() == want["linear_eval"].keys()
+  for k, v in want["linear_eval"].items():
+    assert abs(got["linear_eval"][k] - v) <= 0.01, (k, got["linear_eval"][k], v)
+  # Gloo's all-reduce sums in another order than one process does; over 30 steps the float32
+  # differences move alignment/uniformity/effective rank by < 1% (measured 0.6%).
+  for k, v in want["metrics"].items():
+    np.testing.assert_allclose(got["metrics"][k], v, rtol=0.02, err_msg=k)
+  assert [p["step"] for p in got["curve"]] == [p["step"] for p in want["curve"]]
+  for g, w in zip(got["curve"], want["curve"]):
+    for k in w:
+      assert abs(g[k] - w[k]) <= 0.01, (g, w)
+
+
+def test_two_processes_interleaved_mesh_preempted_and_resumed_equal_one_process(tmp_path):
+  workdir = tmp_path / "two_processes"
+  job = _launch(workdir, "interleaved")
+  deadline = time.time() + 240
+  while not (workdir / "curve.json").exists():  # the first probe point (step 5) is written
+    assert job.poll() is None, job.stderr.read()[-3000:]
+    assert time.time() < deadline, "no training progress"
+    time.sleep(0.1)
+  sent = time.time()
+  job.send_signal(signal.SIGTERM)  # forwarded to both processes
+  _, stderr = job.communicate(timeout=120)
+  exit_seconds = time.time() - sent
+  assert job.returncode == 75, stderr[-3000:]
+  assert exit_seconds < 60
+  saved = [int(s) for s in os.listdir(workdir / "checkpoints") if s.isdigit()]
+  assert len(saved) == 1 and 5 <= saved[0] < 30, saved  # the step both processes agreed on
+  assert not (workdir / "eval.json").exists()
+
+  job = _launch(workdir, "interleaved")
+  _, stderr = job.communicate(timeout=240)
+  assert job.returncode == 0, stderr[-3000:]
+  two_processes = json.loads((workdir / "eval.json").read_text())
+
+  config = simclr_randbit.get_config()
+  sweep.apply_overrides(config, OVERRIDES)
+  one_process = train.train_and_evaluate(config, str(tmp_path / "one_process"))  # 8 devices
+  _assert_same_eval(two_processes, one_process)
