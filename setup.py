@@ -28,6 +28,7 @@ setuptools.setup(
         "tensorflow-datasets>=4.9.3",
         "ml-collections>=0.1.1",
         "clu>=0.0.10",
+        "tensorboard>=2.16",  # clu's summary writer imports it; TensorFlow 2.21 no longer brings it
         "etils[epath]>=1.7",
         "numpy>=1.26",
         "scikit-learn>=1.5",
