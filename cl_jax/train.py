@@ -192,7 +192,7 @@ def checkpoint_manager(workdir, config: ml_collections.ConfigDict) -> ocp.Checkp
   """Orbax manager under workdir/checkpoints. If it holds a checkpoint written with an
   incompatible config, raise a `ConfigError` listing the differences (nothing is touched)."""
   manager = ocp.CheckpointManager(
-      workdir / "checkpoints",
+      paths.workdir_path(workdir) / "checkpoints",
       options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
       item_names=("state", "config"))
   latest = manager.latest_step()

@@ -5,14 +5,20 @@ emulator) and through etils.epath (gcsfs, STORAGE_EMULATOR_HOST). What cannot be
 emulator: TensorFlow's own GCS client (tf.io.gfile, used by epath when TensorFlow is installed
 and by clu's TensorBoard writer) has https://www.googleapis.com built in, with no endpoint
 setting. So here epath uses its gcsfs backend and the TensorBoard writer is clu's logging writer;
-everything else runs as in production. No request leaves 127.0.0.1: tensorstore gets a fixed
-test token, gcsfs `anon`, and the GCE metadata hosts point at loopback.
+everything else runs as in production, except one setting: the emulator ignores generation
+preconditions, which Orbax's default OCDBT format needs for its manifest (compare-and-swap; saves
+failed at random with "Malformed StorageGeneration"), so here Orbax writes its arrays without OCDBT
+(plain zarr through the same tensorstore GCS driver). fake-gcs-server, which has preconditions,
+was tried as well: saves worked but tensorstore's reads from it hung. No request leaves
+127.0.0.1: tensorstore gets a fixed test token, gcsfs `anon`, the GCE metadata hosts loopback.
 """
+import functools
 import json
 import socket
 
 import fsspec
 import jax
+import orbax.checkpoint as ocp
 import pytest
 from clu import metric_writers
 from etils import epath
@@ -45,6 +51,8 @@ def gcs_bucket(monkeypatch):
   monkeypatch.setitem(fsspec.config.conf, "gcs", {"token": "anon"})
   monkeypatch.setattr(metric_writers, "create_default_writer",
                       lambda *args, **kwargs: metric_writers.LoggingWriter())
+  monkeypatch.setattr(ocp.StandardCheckpointHandler, "__init__", functools.partialmethod(
+      ocp.StandardCheckpointHandler.__init__, use_ocdbt=False))
   server = gcp_storage_emulator.create_server("127.0.0.1", port, in_memory=True,
                                               default_bucket="bucket")
   server.start()
