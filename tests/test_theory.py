@@ -1,0 +1,142 @@
+"""The Xue et al. linear-model simulator: closed form vs Monte Carlo, minimisers, GD, claims."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cl_jax import theory
+from configs import theory as theory_config
+
+
+def small_config(**overrides):
+  c = theory_config.get_config()
+  c.update(dict(n=32, d=128, num_probe=400, steps=600, record_every=50, num_seeds=1,
+                embedding_sizes=(1, 2, 5, 8), diverse_num_easy=(4, 12), joint_a_sub=(2.5,)))
+  c.update(overrides)
+  return c
+
+
+def _instance(loss, augmentation, seed=0):
+  c = small_config(d=12, n=8, num_easy=2, noise=0.8)
+  rng = np.random.default_rng(seed)
+  train = theory.sample_examples(c, c.n, rng, balanced=True)
+  a, sigma = theory.moments(train, c, loss, augmentation, beta=0.3)
+  w = rng.normal(0.0, 0.3, (3, c.d))
+  return c, train, a, sigma, w
+
+
+def _pairs(c, train, loss, augmentation, key, batch):
+  x = jnp.asarray(train.x)
+  z_free = x.at[:, jnp.asarray(theory.feature_layout(c)["easy"])].set(0.0)
+  return theory.sample_pairs(key, x, jnp.asarray(train.y), z_free, c, loss, augmentation, 0.3,
+                             batch)
+
+
+@pytest.mark.parametrize("loss", theory.LOSSES)
+@pytest.mark.parametrize("augmentation", theory.AUGMENTATIONS)
+def test_closed_form_loss_equals_monte_carlo_estimate(loss, augmentation):
+  c, train, a, sigma, w = _instance(loss, augmentation)
+  v, v_pos, u, u2 = _pairs(c, train, loss, augmentation, jax.random.PRNGKey(1), 400_000)
+  w_ = jnp.asarray(w)
+  positive = -2.0 * jnp.sum((v @ w_.T) * (v_pos @ w_.T), axis=1)
+  negative = jnp.sum((u @ w_.T) * (u2 @ w_.T), axis=1) ** 2
+  estimate = float(jnp.mean(positive) + jnp.mean(negative))
+  stderr = float(jnp.sqrt(jnp.var(positive) / len(v) + jnp.var(negative) / len(v)))
+  exact = float(theory.spectral_loss(w_, jnp.asarray(a), jnp.asarray(sigma)))
+  assert abs(estimate - exact) < 5 * stderr, (estimate, exact, stderr)
+  assert estimate == pytest.approx(float(theory.sampled_spectral_loss(w_, v, v_pos, u, u2)),
+                                   rel=1e-4)
+
+
+@pytest.mark.parametrize("loss,augmentation", [("scl", "imperfect"), ("ucl", "good"),
+                                               ("joint", "imperfect")])
+def test_closed_form_gradient_equals_autodiff_of_the_sampled_loss(loss, augmentation):
+  c, train, a, sigma, w = _instance(loss, augmentation)
+  exact = jax.grad(theory.spectral_loss)(jnp.asarray(w), jnp.asarray(a), jnp.asarray(sigma))
+  grad = jax.jit(jax.grad(theory.sampled_spectral_loss))
+  estimates = [grad(jnp.asarray(w), *_pairs(c, train, loss, augmentation,
+                                            jax.random.PRNGKey(k), 200_000)) for k in range(4)]
+  estimate = np.mean(np.asarray(estimates), axis=0)
+  assert np.linalg.norm(estimate - exact) / np.linalg.norm(exact) < 0.05
+  # The closed-form gradient, by hand: ∇L = −4·W·A + 4·W·Σ·Wᵀ·W·Σ.
+  by_hand = -4 * w @ a + 4 * w @ sigma @ w.T @ w @ sigma
+  np.testing.assert_allclose(exact, by_hand, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("loss", theory.LOSSES)
+def test_min_norm_minimizer_is_stationary_and_smaller_than_gd_from_large_inits(loss):
+  c = small_config()
+  rng = np.random.default_rng(0)
+  train = theory.sample_examples(c, c.n, rng, balanced=True)
+  a, sigma = theory.moments(train, c, loss, "imperfect", beta=0.5)
+  w_star = theory.min_norm_minimizer(a, sigma, c.p)
+  a_, s_ = jnp.asarray(a), jnp.asarray(sigma)
+  # Stationary (float64, the gradient −4·W·A + 4·W·Σ·Wᵀ·W·Σ relative to its first term).
+  g = -4 * w_star @ a + 4 * w_star @ sigma @ w_star.T @ w_star @ sigma
+  assert np.linalg.norm(g) < 1e-8 * np.linalg.norm(4 * w_star @ a)
+  best = float(theory.spectral_loss(jnp.asarray(w_star), a_, s_))
+  m_star = np.linalg.norm(w_star.T @ w_star)
+  for seed in range(2):  # GD from a large random init reaches the same loss with a larger norm
+    w0 = np.random.default_rng(seed + 1).normal(0.0, 0.3, (c.p, c.d))
+    _, ws = theory.gd_trajectory(w0, a, sigma, lr=0.01, steps=8000, record_every=8000)
+    end = ws[-1]
+    assert float(theory.spectral_loss(jnp.asarray(end), a_, s_)) <= best + 5e-3 * abs(best)
+    assert np.linalg.norm(end.T @ end) > m_star * 1.01
+
+
+def test_gd_from_small_init_converges_to_the_min_norm_scl_minimizer():
+  """Rank A_SCL = 2 ≤ p: GD from a small init stays (to init scale) in range Σ and ends at
+  M* = Σ⁺AΣ⁺."""
+  c = small_config()
+  rng = np.random.default_rng(0)
+  train = theory.sample_examples(c, c.n, rng, balanced=True)
+  a, sigma = theory.moments(train, c, "scl", "imperfect")
+  m_star = np.linalg.pinv(sigma) @ a @ np.linalg.pinv(sigma)
+  w_star = theory.min_norm_minimizer(a, sigma, c.p)
+  np.testing.assert_allclose(w_star.T @ w_star, m_star, atol=1e-6 * np.abs(m_star).max())
+  _, ws = theory.gd_trajectory(rng.normal(0, 1e-4, (c.p, c.d)), a, sigma, lr=0.02, steps=3000,
+                               record_every=3000)
+  m_gd = ws[-1].T @ ws[-1]
+  assert np.linalg.norm(m_gd - m_star) / np.linalg.norm(m_star) < 0.02
+
+
+def test_each_claim_direction_on_a_small_instance(tmp_path):
+  c = small_config()
+  claims = theory.run(c, tmp_path)
+  v = claims["verdicts"]
+  assert v["2_min_norm_collapses_other_minimizer_does_not"]
+  assert v["3_ucl_small_embedding_suppresses_class_larger_restores"]
+  assert v["4a_good_augmentation_prevents_suppression_at_small_size"]
+  assert v["4b_diverse_easy_features_suppress_at_largest_size"]
+  assert v["5_joint_keeps_class_and_subclass"] and v["setting_scl_collapses_and_ucl_suppresses"]
+  # Claim 1 as measured here: SCL training removes the subclass that a random projection keeps.
+  dyn = claims["scl_dynamics"]
+  assert dyn["subclass_accuracy"][-1] < dyn["subclass_accuracy"][0] - 0.05
+  assert dyn["class_accuracy"][-1] > 0.95
+  # Outputs: claims.json with the documented keys, the summary, two PNGs.
+  saved = json.loads((tmp_path / "claims.json").read_text())
+  assert {"step", "class_accuracy", "subclass_accuracy"} <= set(saved["scl_dynamics"])
+  assert {"class_accuracy", "subclass_accuracy"} <= set(saved["scl_min_norm"])
+  ucl = saved["ucl_embedding_size"]
+  assert ucl["embedding_size"] == [1, 2, 5, 8]
+  assert len(ucl["imperfect_augmentation"]) == len(ucl["good_augmentation"]) == 4
+  assert set(saved["joint"]) >= {"scl", "ucl", "joint"} and saved["settings"]["p"] == c.p
+  assert "HOLDS" in (tmp_path / "summary.txt").read_text()
+  for png in ("dynamics.png", "suppression.png"):
+    assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("augmentation", "perfect", "augmentation='perfect' is not one of: imperfect, good"),
+    ("n", 10, "n=10 must be a multiple of 4"),
+    ("p", 2, "p=2 must be >= 3"),
+    ("d", 8, "d=8 is too small"),
+    ("beta", 1.5, r"beta=1.5 must be in \[0, 1\]"),
+])
+def test_bad_config_is_refused_before_running(tmp_path, field, value, message):
+  c = small_config(**{field: value})
+  with pytest.raises(theory.ConfigError, match=message):
+    theory.run(c, tmp_path)
+  assert not list(tmp_path.iterdir())
