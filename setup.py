@@ -36,6 +36,7 @@ setuptools.setup(
     ],
     extras_require={
         "cpu": [TF_CPU],
+        "cuda": ["jax[cuda]>=0.10.0", TF_CPU],  # JAX's alias for CUDA 12
         "cuda12": ["jax[cuda12]>=0.10.0", TF_CPU],
         "cuda13": ["jax[cuda13]>=0.10.0", TF_CPU],
         "tpu": ["jax[tpu]>=0.10.0", TF_CPU],
