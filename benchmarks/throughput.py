@@ -4,7 +4,8 @@
       [--steps=200] [--out=results.json]
 
 Prints and optionally writes JSON: device, global batch, pipeline batches/s, train steps/s and
-examples/s on one fixed device-resident batch, and compile time of the train step.
+examples/s on one fixed device-resident batch, compile time of the train step, and eval_s: the
+wall time of the final linear evaluation (feature extraction + L-BFGS probes, compiles included).
 """
 import functools
 import json
@@ -15,7 +16,7 @@ import tensorflow as tf
 from absl import app, flags
 from ml_collections import config_flags
 
-from cl_jax import models, optim, train, validate
+from cl_jax import evaluate, models, optim, paths, train, validate
 from cl_jax.data import pipeline, sources
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/simclr_randbit.py", "Config file.")
@@ -61,17 +62,22 @@ def main(_):
   jax.block_until_ready(metrics)
   step_rate = steps / (time.perf_counter() - t)
 
+  test_split = sources.load(config.data, "test")
+  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  t = time.perf_counter()
+  evaluate.linear_eval(model, variables, split, test_split, config, mesh)
+  eval_s = time.perf_counter() - t
+
   result = {"device": str(jax.devices()[0].device_kind), "num_devices": mesh.devices.size,
             "dataset": config.data.dataset, "encoder": config.model.encoder,
             "image_shape": list(shape[1:]), "global_batch": batch_size,
             "pipeline_batches_per_s": round(pipeline_rate, 2),
             "train_steps_per_s": round(step_rate, 2),
             "train_examples_per_s": round(step_rate * batch_size, 1),
-            "compile_s": round(compile_s, 2)}
+            "compile_s": round(compile_s, 2), "eval_s": round(eval_s, 2)}
   print(json.dumps(result, indent=2))
   if _OUT.value:
-    with open(_OUT.value, "w") as f:
-      json.dump(result, f, indent=2)
+    paths.write_json(_OUT.value, result)
 
 
 if __name__ == "__main__":

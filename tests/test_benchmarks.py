@@ -1,0 +1,23 @@
+"""benchmarks/throughput.py keeps starting and writing its JSON (a smoke test, not a timing)."""
+import json
+import os
+import subprocess
+import sys
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_throughput_benchmark_writes_its_json(tmp_path):
+  out = tmp_path / "throughput.json"
+  done = subprocess.run(
+      [sys.executable, "benchmarks/throughput.py", "--config=configs/simclr_randbit.py",
+       "--steps=3", f"--out={out}", "--config.model.head_hidden_dim=16",
+       "--config.model.embed_dim=8", "--config.train.batch_size=64",
+       "--config.eval.probe_steps=5"],
+      cwd=REPO, capture_output=True, text=True, timeout=300,
+      env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(out.read_text())
+  for key in ("train_steps_per_s", "pipeline_batches_per_s", "eval_s", "compile_s"):
+    assert result[key] > 0, key
+  assert result["global_batch"] == 64
