@@ -113,7 +113,7 @@ def test_representation_metrics(model, variables, test: Split, config, mesh) -> 
   num_devices = mesh.devices.size
   batch_size = min(config.eval.batch_size, len(test)) // num_devices * num_devices
   ds = pipeline.train_dataset(test, config.data, seed=config.seed, batch_size=batch_size,
-                              start_step=0, num_steps=1,
+                              start_step=0, num_steps=1, split_name="test",
                               rows=pipeline.local_rows(mesh, batch_size))
   batch = next(pipeline.global_batches(ds, mesh))
 

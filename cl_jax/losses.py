@@ -172,7 +172,9 @@ def generalized(h1: jax.Array, h2: jax.Array, key: jax.Array, *, lam: float, tem
     'gaussian' / 'uniform_hypercube' / 'uniform_hypersphere': the sliced-Wasserstein distance
         between H and 2N prior samples, projected on the columns of a fresh random d×d orthogonal
         matrix; prior samples and projections are drawn from `key` (the step's key) and are
-        constants for the gradient. Use hidden_norm=True with 'uniform_hypersphere'.
+        constants for the gradient. With `hidden_norm` the prior samples are ℓ2-normalised too,
+        as in the reference colab (generalized_contrastive_loss), so there 'gaussian' and
+        'uniform_hypersphere' coincide. Use hidden_norm=True with 'uniform_hypersphere'.
   Scale: with normalised h, L_align = (1 − mean cos)/d, so 'logsumexp' with λ = τ/d and
   scale = d equals τ·NT-Xent up to the masked diagonal and a constant (SPEC §1.5).
   """
@@ -185,8 +187,10 @@ def generalized(h1: jax.Array, h2: jax.Array, key: jax.Array, *, lam: float, tem
     dist = jnp.mean(jax.nn.logsumexp(h @ h.T / temperature, axis=1)) - jnp.log(d)
   else:
     key_prior, key_proj = jax.random.split(key)
-    dist = prior_matching(h, sample_prior(key_prior, prior, h.shape),
-                          random_orthogonal(key_proj, d))
+    samples = sample_prior(key_prior, prior, h.shape)
+    if hidden_norm:
+      samples = l2_normalize(samples)
+    dist = prior_matching(h, samples, random_orthogonal(key_proj, d))
   return scale * (align + lam * dist)
 
 

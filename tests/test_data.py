@@ -185,3 +185,21 @@ def test_idx_source_reads_mnist_format_files(tmp_path):
   assert got == whole  # pixels and labels travel together, nothing lost
   with pytest.raises(sources.DataError, match="needs data.data_dir"):
     sources.load_idx(str(tmp_path / "missing"), "train", 28)
+
+
+def test_augmented_views_of_the_test_split_carry_the_test_bits(data_config):
+  """test_representation_metrics draws two augmented views of test images: their bit planes must
+  be the test images' bits, the same ones evaluation probes (not the train split's)."""
+  split = sources.load(data_config, "test")
+  views = next(pipeline.train_dataset(split, data_config, seed=0, batch_size=64, start_step=0,
+                                      num_steps=1, split_name="test").as_numpy_iterator())
+  ds, _ = pipeline.eval_dataset(split, data_config, seed=0, split_name="test",
+                                batch_size=len(split))
+  eval_bits = next(ds.as_numpy_iterator())["bits"]
+  k = data_config.random_bits
+  want = (eval_bits[views["index"]].astype(np.int64) << np.arange(k)).sum(-1)
+  for view in ("view1", "view2"):
+    np.testing.assert_array_equal(decode_bits(views[view], 1, k), want)
+  train_salted = next(pipeline.train_dataset(split, data_config, seed=0, batch_size=64,
+                                             start_step=0, num_steps=1).as_numpy_iterator())
+  assert not np.array_equal(decode_bits(train_salted["view1"], 1, k), want)

@@ -95,14 +95,17 @@ def naive_generalized(h1, h2, key, lam, temperature, prior, hidden_norm, scale):
                     for i in range(2 * n)]) - np.log(d)
   else:
     kp, kw = jax.random.split(key)
-    y = losses.sample_prior(kp, prior, h.shape)
+    y = np.asarray(losses.sample_prior(kp, prior, h.shape), np.float64)
+    if hidden_norm:  # the colab normalises the prior samples as well as h
+      y = y / np.linalg.norm(y, axis=1, keepdims=True)
     dist = naive_swd(h, y, losses.random_orthogonal(kw, d))
   return scale * (align + lam * dist)
 
 
 @pytest.mark.parametrize("prior,hidden_norm", [("logsumexp", True), ("gaussian", False),
                                                ("uniform_hypercube", False),
-                                               ("uniform_hypersphere", True)])
+                                               ("uniform_hypersphere", True), ("gaussian", True),
+                                               ("uniform_hypercube", True)])
 def test_generalized_matches_the_formula(prior, hidden_norm):
   k1, k2, k3 = jax.random.split(jax.random.PRNGKey(4), 3)
   h1, h2 = jax.random.normal(k1, (6, 4)), jax.random.normal(k2, (6, 4))
@@ -111,6 +114,17 @@ def test_generalized_matches_the_formula(prior, hidden_norm):
                              naive_generalized(h1, h2, k3, **kwargs), rtol=1e-4)
   grads = jax.grad(losses.generalized, argnums=(0, 1))(h1, h2, k3, **kwargs)
   assert all(np.all(np.isfinite(g)) and np.abs(g).max() > 0 for g in grads)
+
+
+def test_hidden_norm_normalises_the_prior_samples_so_gaussian_equals_hypersphere():
+  """As in the reference colab: under hidden_norm both h and the prior samples are on the sphere;
+  'gaussian' then draws exactly the 'uniform_hypersphere' samples (normalised N(0, 1))."""
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(7), 3)
+  h1, h2 = 3.0 * jax.random.normal(k1, (16, 8)), 3.0 * jax.random.normal(k2, (16, 8))
+  loss = lambda prior, norm: float(losses.generalized(h1, h2, k3, lam=1.0, temperature=1.0,
+                                                      prior=prior, hidden_norm=norm))
+  assert loss("gaussian", True) == pytest.approx(loss("uniform_hypersphere", True), rel=1e-6)
+  assert loss("gaussian", False) != pytest.approx(loss("gaussian", True), rel=1e-2)
 
 
 def test_generalized_logsumexp_gradient_matches_naive():

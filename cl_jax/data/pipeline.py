@@ -41,11 +41,12 @@ def local_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
 
 
 def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed: int,
-                  batch_size: int, start_step: int, num_steps: int,
-                  rows=None) -> tf.data.Dataset:
+                  batch_size: int, start_step: int, num_steps: int, rows=None,
+                  split_name: str = "train") -> tf.data.Dataset:
   """Process-local batches {view1, view2, index, <label>...} for global steps
   [start_step, num_steps): the `rows` (increasing positions in [0, batch_size); default all,
-  multi-host: `local_rows(mesh, batch_size)`) of every global batch.
+  multi-host: `local_rows(mesh, batch_size)`) of every global batch. `split_name` picks the
+  split's random bits (each split has its own, the ones evaluation uses).
 
   view1/view2: float32 [R, S, S, C + random_bits]; index (position in the split) and labels:
   int32 [R], R = len(rows).
@@ -56,7 +57,7 @@ def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed:
   is_local_row = tf.constant(np.isin(np.arange(batch_size), rows))
   images = tf.constant(split.images)
   labels = {k: tf.constant(v) for k, v in split.labels.items()}
-  bit_ints = tf.constant(features.random_bit_integers(n, num_bits, seed, "train"))
+  bit_ints = tf.constant(features.random_bit_integers(n, num_bits, seed, split_name))
   scene, _ = features.make_scene(data_config, split, train=True)
 
   def example(g):
