@@ -11,13 +11,13 @@ import functools
 import json
 import time
 
-import jax
-import tensorflow as tf
-from absl import app, flags
-from ml_collections import config_flags
-
 from cl_jax import evaluate, models, optim, paths, train, validate
 from cl_jax.data import pipeline, sources
+
+import jax  # noqa: E402  (after cl_jax.data, which imports TensorFlow quietly)
+import tensorflow as tf  # noqa: E402
+from absl import app, flags  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/simclr_randbit.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Timed steps (after warm-up).")

@@ -4,30 +4,11 @@
 Exit status: 0 done (DIR/eval.json written); 1 bad input or a diverged run (one paragraph on
 stderr); 75 preempted (SIGTERM) after saving a checkpoint — rerun the same command to resume.
 """
-import contextlib
 import os
 import sys
 
-
-@contextlib.contextmanager
-def _stderr_silenced():
-  """TensorFlow's C++ writes INFO notices (oneDNN, CPU features) to file descriptor 2 while it is
-  imported, before any log level applies; silence fd 2 for the import only."""
-  saved = os.dup(2)
-  devnull = os.open(os.devnull, os.O_WRONLY)
-  os.dup2(devnull, 2)
-  try:
-    yield
-  finally:
-    os.dup2(saved, 2)
-    os.close(saved)
-    os.close(devnull)
-
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-with _stderr_silenced():
-  import tensorflow as tf  # noqa: E402  pylint: disable=g-import-not-at-top
-
+from cl_jax import data  # noqa: F401  (imports TensorFlow quietly, before anything else does)
+import tensorflow as tf  # noqa: E402
 import jax  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402

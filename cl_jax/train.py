@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any
 
+from cl_jax import data as _data  # noqa: F401  first: imports TensorFlow quietly, before clu does
 import flax
 import jax
 import jax.numpy as jnp
