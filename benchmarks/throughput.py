@@ -48,17 +48,18 @@ def main(_):
   shape = (1, *local["view1"].shape[1:])
   state = train.create_train_state(model, tx, shape, config.seed, mesh)
   step_fn = jax.jit(functools.partial(
-      train.train_step, model=model, loss_config=config.loss,
-      base_key=jax.random.PRNGKey(0), schedule=schedule), donate_argnums=(0,))
+      train.train_step, model=model, loss_config=config.loss, schedule=schedule),
+      donate_argnums=(0,))
+  hyper = train.traced_hyperparameters(config)
   batch = pipeline.to_global(local, mesh)
   t = time.perf_counter()
-  compiled = step_fn.lower(state, batch).compile()
+  compiled = step_fn.lower(state, batch, hyper).compile()
   compile_s = time.perf_counter() - t
-  state, metrics = compiled(state, batch)
+  state, metrics = compiled(state, batch, hyper)
   jax.block_until_ready(metrics)
   t = time.perf_counter()
   for _ in range(steps):
-    state, metrics = compiled(state, batch)
+    state, metrics = compiled(state, batch, hyper)
   jax.block_until_ready(metrics)
   step_rate = steps / (time.perf_counter() - t)
 

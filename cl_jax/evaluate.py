@@ -81,14 +81,21 @@ def probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, *, l2: fl
   return float(np.mean(predictions == test_y))
 
 
-def linear_eval(model, variables, train: Split, test: Split, config, mesh) -> Mapping[str, float]:
-  """{label_name: test accuracy} for every label of the (possibly scene-composed) data, plus
-  `bits` when random_bits > 0."""
+def extract_train_and_test(model, variables, train: Split, test: Split, config, mesh):
+  """`extract_features` of the train and test splits → ((train_h, train_y), (test_h, test_y),
+  num_classes)."""
   extract = functools.partial(extract_features, model, variables, data_config=config.data,
                               seed=config.seed, batch_size=config.eval.batch_size, mesh=mesh)
   train_h, train_y, _ = extract(train, split_name="train")
   test_h, test_y, num_classes = extract(test, split_name="test")
-  probe = functools.partial(probe_accuracy, l2=config.eval.l2, steps=config.eval.probe_steps)
+  return (train_h, train_y), (test_h, test_y), num_classes
+
+
+def probe_all_labels(train_features, test_features, num_classes, eval_config) -> dict:
+  """{label_name: test accuracy} of a linear probe per label, plus `bits` (the mean over bits of
+  one binary probe per bit) when the features come with random bits."""
+  (train_h, train_y), (test_h, test_y) = train_features, test_features
+  probe = functools.partial(probe_accuracy, l2=eval_config.l2, steps=eval_config.probe_steps)
   results = {name: probe(train_h, train_y[name], test_h, test_y[name], num_classes[name])
              for name in num_classes}
   if "bits" in train_y:
@@ -96,6 +103,14 @@ def linear_eval(model, variables, train: Split, test: Split, config, mesh) -> Ma
     results["bits"] = float(np.mean([probe(train_h, train_y["bits"][:, i], test_h,
                                            test_y["bits"][:, i], 2) for i in range(k)]))
   return results
+
+
+def linear_eval(model, variables, train: Split, test: Split, config, mesh) -> Mapping[str, float]:
+  """{label_name: test accuracy} for every label of the (possibly scene-composed) data, plus
+  `bits` when random_bits > 0."""
+  train_features, test_features, num_classes = extract_train_and_test(
+      model, variables, train, test, config, mesh)
+  return probe_all_labels(train_features, test_features, num_classes, config.eval)
 
 
 def representation_metrics(z1: jax.Array, z2: jax.Array) -> dict:

@@ -27,7 +27,7 @@ from flax.training import train_state
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from cl_jax import evaluate, hosts, losses, models, optim, paths, validate
-from cl_jax.analysis import curves, local_features
+from cl_jax.analysis import curves, embeddings, local_features
 from cl_jax.data import pipeline, sources
 
 # Config fields that may differ between a checkpoint and the run that resumes it: they change
@@ -71,8 +71,8 @@ def create_train_state(model, tx, input_shape, seed: int, mesh: Mesh,
   """Initialise parameters, BatchNorm statistics and optimizer state, replicated on `mesh`.
   queue_size > 0 (MoCo): the key encoder starts as a copy of the query encoder and the queue
   holds `queue_size` random unit vectors."""
-  def init():
-    init_key, queue_key = jax.random.split(jax.random.PRNGKey(seed))
+  def init(key):  # the seed's key is an argument: one compiled program serves every seed
+    init_key, queue_key = jax.random.split(key)
     variables = model.init(init_key, jnp.zeros(input_shape), train=False)
     momentum = None
     if queue_size:
@@ -81,7 +81,8 @@ def create_train_state(model, tx, input_shape, seed: int, mesh: Mesh,
                   "queue": losses.l2_normalize(queue), "queue_ptr": jnp.zeros((), jnp.int32)}
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              batch_stats=variables["batch_stats"], tx=tx, momentum=momentum)
-  return jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))()
+  return jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))(
+      jax.random.PRNGKey(seed))
 
 
 def compute_loss(params, batch_stats, batch, key, *, model, loss_config, momentum=None):
@@ -148,11 +149,21 @@ def enqueue(queue: jax.Array, queue_ptr: jax.Array, keys: jax.Array):
   return queue, (queue_ptr + keys.shape[0]) % queue.shape[0]
 
 
-def train_step(state: TrainState, batch, *, model, loss_config, base_key, schedule):
-  """One optimizer step. The step's PRNG key is fold_in(base_key, step): resumable. MoCo: the key
-  encoder is first moved towards the current query encoder (as in MoCo's forward pass), then its
-  keys of this batch are enqueued."""
-  key = jax.random.fold_in(base_key, state.step)
+def traced_hyperparameters(config: ml_collections.ConfigDict) -> dict:
+  """The values the train step takes as (traced) arguments rather than compile-time constants —
+  the seed's PRNG key and loss.temperature — so that a sweep over seeds and temperatures
+  compiles one step program per shape (and the persistent compilation cache can serve it)."""
+  return {"base_key": jax.random.PRNGKey(config.seed),
+          "temperature": jnp.float32(config.loss.temperature)}
+
+
+def train_step(state: TrainState, batch, hyper: dict, *, model, loss_config, schedule):
+  """One optimizer step. `hyper` = `traced_hyperparameters(config)`. The step's PRNG key is
+  fold_in(base_key, step): resumable. MoCo: the key encoder is first moved towards the current
+  query encoder (as in MoCo's forward pass), then its keys of this batch are enqueued."""
+  key = jax.random.fold_in(hyper["base_key"], state.step)
+  loss_config = ml_collections.ConfigDict(
+      {**loss_config.to_dict(), "temperature": hyper["temperature"]}, type_safe=False)
   momentum = state.momentum
   if momentum is not None:
     momentum = {**momentum, "params": momentum_update(momentum["params"], state.params,
@@ -266,10 +277,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
     logging.info("Resumed from checkpoint at step %d.", start_step)
 
   # ---- Jitted step, writers, progress.
-  step_fn = jax.jit(
-      lambda s, b: train_step(s, b, model=model, loss_config=config.loss,
-                              base_key=jax.random.PRNGKey(config.seed), schedule=schedule),
-      donate_argnums=(0,))
+  step_fn = jax.jit(functools.partial(train_step, model=model, loss_config=config.loss,
+                                      schedule=schedule), donate_argnums=(0,))
+  hyper = traced_hyperparameters(config)
   metrics_fn = jax.jit(functools.partial(batch_metrics, model=model))
   writer = metric_writers.create_default_writer(os.fspath(workdir),
                                                 just_logging=jax.process_index() > 0)
@@ -310,7 +320,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
   try:
     with hosts.PreemptionWatch() as preemption:
       for step, batch in zip(range(start_step + 1, num_steps + 1), batches):
-        state, metrics = step_fn(state, batch)
+        state, metrics = step_fn(state, batch, hyper)
         finite = metrics.pop("finite")
         if previous_finite is not None:
           raise_if_nonfinite(previous_finite, step - 1, manager)
@@ -342,7 +352,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
 
   # ---- Evaluate (every process computes; process 0 writes).
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  linear = evaluate.linear_eval(model, variables, train_split, test_split, config, mesh)
+  train_features, test_features, num_classes = evaluate.extract_train_and_test(
+      model, variables, train_split, test_split, config, mesh)
+  linear = evaluate.probe_all_labels(train_features, test_features, num_classes, config.eval)
   representation = evaluate.test_representation_metrics(model, variables, test_split, config,
                                                         mesh)
   writer.write_scalars(num_steps, {**{f"linear_eval/{k}": v for k, v in linear.items()},
@@ -356,7 +368,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
                                     config.eval.kmeans_clusters)
   if jax.process_index() == 0:
     if curve:
-      curves.plot_curves({workdir.name: curve}, workdir / "curve.png")
+      curves.plot_curves({workdir.name: [curve]}, workdir / "curve.png")
+    embeddings.plot_embeddings(*test_features, workdir / "embeddings.png", seed=config.seed,
+                               title=f"{workdir.name}: test features h at step {num_steps}")
     paths.write_json(workdir / "eval.json", result)
   logging.info("Linear evaluation (test accuracy) at step %d:\n%s", num_steps,
                "\n".join(f"  {k:<14} {v:.4f}" for k, v in linear.items()))

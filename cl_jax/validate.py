@@ -110,7 +110,7 @@ def check_workdir(workdir):
 SCENE_CONFIGS = {"digits_on_images": "digits_on_images.py", "multidigits": "multidigit.py",
                  "digit_sizes": "digit_sizes.py", "backgrounds": "backgrounds.py"}
 SCENE_FIELDS = {
-    "digits_on_images": ("digit_dataset", "num_unique_digits"),
+    "digits_on_images": ("digit_dataset", "num_unique_digits", "digit_fraction"),
     "multidigits": ("digit_size", "num_digits", "eval_num_digits", "placement"),
     "digit_sizes": ("digit_size", "other_digit_size"),
     "backgrounds": ("digit_size", "num_backgrounds", "shared_background"),
@@ -131,6 +131,11 @@ def _check_scene(data):
     _positive("data.num_unique_digits", data.num_unique_digits)
     if size < 8:
       raise ConfigError(f"data.image_size={size}: digits on images need at least 8 px.")
+    side = features.digit_side(size, data.digit_fraction)
+    if not 0 < data.digit_fraction <= 0.25 or side < 2:
+      raise ConfigError(f"data.digit_fraction={data.digit_fraction} must be in (0, 0.25] (the 3×3 "
+                        "grid of copies at 0.15/0.45/0.75 of the side fits up to 1/4) and give "
+                        f"digits of at least 2 px on data.image_size={size} (got {side} px).")
   if scene == "multidigits":
     _choice("data.placement", data.placement, ("grid", "random"))
     cell = data.digit_size if data.placement == "grid" else (3 * data.digit_size) // 2

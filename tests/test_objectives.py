@@ -45,8 +45,8 @@ def test_moco_step_moves_key_encoder_and_fills_queue(tmp_path, small):
   np.testing.assert_allclose(jnp.linalg.norm(before.momentum["queue"], axis=1), 1.0, rtol=1e-5)
   ds = pipeline.train_dataset(split, config.data, seed=0, batch_size=64, start_step=0,
                               num_steps=2)
-  step = jax.jit(lambda s, b: train.train_step(s, b, model=model, loss_config=config.loss,
-                                               base_key=jax.random.PRNGKey(0),
+  step = jax.jit(lambda s, b: train.train_step(s, b, train.traced_hyperparameters(config),
+                                               model=model, loss_config=config.loss,
                                                schedule=lambda _: 1e-2))
   query_params = [before.params]
   for batch in pipeline.global_batches(ds, mesh):

@@ -22,7 +22,7 @@ def image_label(value):
 
 def test_digits_on_images_draws_one_pool_digit_on_the_3x3_grid():
   pool, labels = patches(num=5)
-  scene, classes = features.digits_on_images(pool, labels, image_size=32)
+  scene, classes = features.digits_on_images(pool, labels, image_size=32, digit_fraction=0.25)
   assert classes == {"digit": 10}
   background = tf.zeros((32, 32, 3))
   image, out = scene(background, 0, SEED_A, SEED_B)
@@ -41,9 +41,23 @@ def test_digits_on_images_draws_one_pool_digit_on_the_3x3_grid():
   assert drawn_digits == set(labels[:5].tolist())
 
 
+def test_digit_fraction_sets_the_digit_side_as_in_the_colab():
+  """The colab's 28-px digits on 224-px images: an eighth of the side; the nine copies then cover
+  9/64 ≈ 14% of the image (a quarter of the side: 9/16 ≈ 56%)."""
+  pool, labels = patches(num=2, size=28)
+  for size, fraction, side in ((224, 1 / 8, 28), (64, 1 / 8, 8), (64, 1 / 4, 16)):
+    assert features.digit_side(size, fraction) == side
+    scene, _ = features.digits_on_images(pool, labels, image_size=size, digit_fraction=fraction)
+    image = scene(tf.zeros((size, size, 3)), 0, SEED_A, SEED_B)[0].numpy()
+    covered = np.count_nonzero(image[..., 0]) / size**2
+    assert covered == pytest.approx(9 * fraction**2)
+    corner = int(round(0.45 * size))  # the middle copy
+    assert np.all(image[corner:corner + side, corner:corner + side, 0] > 0)
+
+
 def test_digits_on_images_blends_by_pixelwise_max():
   pool, labels = patches(num=1)
-  scene, _ = features.digits_on_images(pool, labels, image_size=32)
+  scene, _ = features.digits_on_images(pool, labels, image_size=32, digit_fraction=0.25)
   background = tf.fill((32, 32, 3), 0.5)
   image = scene(background, 0, SEED_A, SEED_B)[0].numpy()
   assert image.min() == pytest.approx(0.5)  # digit value 10/255 < 0.5 never darkens
@@ -156,7 +170,8 @@ def test_scenes_in_the_pipeline_are_deterministic_and_labelled(scene):
 
 
 def test_digits_on_photos_source_and_unique_digit_pool():
-  config = _config(scene="digits_on_images", digit_dataset="digits", num_unique_digits=3)
+  config = _config(scene="digits_on_images", digit_dataset="digits", num_unique_digits=3,
+                   digit_fraction=0.25)
   config.dataset = "photos"
   split = sources.load(config, "test")
   assert split.images.shape == (400, 32, 32, 3) and dict(split.num_classes) == {"label": 8}
@@ -186,6 +201,7 @@ def test_feature_configs_train_end_to_end(name, labels, tmp_path, small):
     ("multidigit", "placement", "spiral", "data.placement='spiral' is not one of: grid, random"),
     ("digit_sizes", "other_digit_size", 20, r"data.other_digit_size=20 must be in \[1, 16\]"),
     ("digits_on_images", "num_unique_digits", 5000, "exceeds the 1347 training digits"),
+    ("digits_on_images", "digit_fraction", 0.5, r"data.digit_fraction=0.5 must be in \(0, 0.25\]"),
 ])
 def test_feature_config_errors(name, field, value, message, tmp_path, small):
   import jax

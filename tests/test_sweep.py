@@ -1,6 +1,11 @@
-"""The sweep runner's grid, overrides and report."""
-import pytest
+"""The sweep runner's grid, overrides, seeds and report."""
+import json
 
+import numpy as np
+import pytest
+from absl import flags
+
+from cl_jax import paths
 from cl_jax.analysis import sweep
 from configs import simclr_randbit
 
@@ -26,10 +31,72 @@ def test_apply_overrides_sets_fields_and_rejects_unknown_ones():
 
 
 def test_report_table_and_plot(tmp_path):
-  rows = [{"point": labels, "linear_eval": {"label": 0.9 - 0.1 * i, "bits": 0.6}}
-          for i, (_, labels, _) in enumerate(sweep.grid(SPEC))]
+  rows = [sweep.aggregate(name, labels, {}, [{"seed": 0, "linear_eval": {
+      "label": 0.9 - 0.1 * i, "bits": 0.6}}]) for i, (name, labels, _) in
+          enumerate(sweep.grid(SPEC))]
   table = sweep.markdown_table(rows, SPEC["axes"], ["bits", "label"]).splitlines()
   assert table[0] == "| loss | bits | bits acc | label acc |"
-  assert table[2] == "| a | 0 | 0.600 | 0.900 |" and table[5] == "| b | 5 | 0.600 | 0.600 |"
+  assert table[2] == "| a | 0 | 0.600 ± 0.000 (1) | 0.900 ± 0.000 (1) |"
+  assert table[5] == "| b | 5 | 0.600 ± 0.000 (1) | 0.600 ± 0.000 (1) |"
   sweep.plot(rows, SPEC["axes"], "label", str(tmp_path / "plot.png"))
   assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_report_rows_are_mean_and_std_over_seeds(tmp_path):
+  runs = [{"seed": s, "linear_eval": {"label": a}, "metrics": {"alignment": m}}
+          for s, (a, m) in enumerate([(0.5, 1.0), (0.7, 2.0), (0.9, 3.0)])]
+  row = sweep.aggregate("a_0", {"loss": "a", "bits": "0"}, {}, runs)
+  assert row["n"] == 3 and row["runs"] == runs
+  np.testing.assert_allclose(row["linear_eval"]["label"], 0.7)
+  np.testing.assert_allclose(row["linear_eval_std"]["label"], 0.2)  # sample std, ddof=1
+  np.testing.assert_allclose([row["metrics"]["alignment"], row["metrics_std"]["alignment"]],
+                             [2.0, 1.0])
+  single = sweep.aggregate("b_0", {"loss": "b", "bits": "0"}, {}, runs[:1])
+  assert single["linear_eval_std"] == {"label": 0.0}
+  assert sweep.markdown_table([row, single], {"loss": 0, "bits": 0}, ["label"]).splitlines()[2:] \
+      == ["| a | 0 | 0.700 ± 0.200 (3) |", "| b | 0 | 0.500 ± 0.000 (1) |"]
+
+
+def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypatch):
+  """The sweep command end to end, with training replaced by a fake that records its calls:
+  seeds 0..S−1 per point, finished seeds skipped on rerun, --seeds extends a sweep."""
+  trained = []
+
+  def fake_train(config, run_dir):
+    trained.append((run_dir.parent.name, config.seed))
+    accuracy = 0.9 - 0.1 * config.data.random_bits / 5 + 0.01 * config.seed
+    curve = [{"step": s, "label": accuracy * s / 4} for s in (2, 4)]
+    result = {"step": 4, "linear_eval": {"label": accuracy}, "metrics": {"alignment": 1.0},
+              "curve": curve}
+    run_dir.mkdir(parents=True)
+    paths.write_json(run_dir / "eval.json", result)
+    return result
+
+  monkeypatch.setattr(sweep.train, "train_and_evaluate", fake_train)
+  spec_path = tmp_path / "spec.json"
+  spec_path.write_text(json.dumps({**SPEC, "seeds": 2}))
+  argv = ["sweep", "--config=configs/simclr_randbit.py", f"--sweep={spec_path}",
+          f"--workdir={tmp_path / 'sweep'}"]
+
+  def run(*extra):
+    flags.FLAGS.unparse_flags()
+    sweep.main(flags.FLAGS([*argv, *extra]))
+
+  run()
+  assert sorted(trained) == sorted((p, s) for p in ("a_0", "a_5", "b_0", "b_5") for s in (0, 1))
+  rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+  assert [r["name"] for r in rows] == ["a_0", "a_5", "b_0", "b_5"]
+  assert [run["seed"] for run in rows[1]["runs"]] == [0, 1]
+  np.testing.assert_allclose(rows[1]["linear_eval"]["label"], 0.805)
+  np.testing.assert_allclose(rows[1]["linear_eval_std"]["label"], 0.01 / np.sqrt(2))
+  assert "| a | 5 | 0.805 ± 0.007 (2) |" in (tmp_path / "sweep" / "results.md").read_text()
+  for png in ("results.png", "curves.png"):
+    assert (tmp_path / "sweep" / png).stat().st_size > 1000
+  trained.clear()
+  run()  # nothing left to train
+  assert not trained
+  run("--seeds=3")  # a third seed per point, the first two read back
+  assert sorted(trained) == [(p, 2) for p in ("a_0", "a_5", "b_0", "b_5")]
+  rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+  assert rows[0]["n"] == 3 and [run["seed"] for run in rows[0]["runs"]] == [0, 1, 2]
+  flags.FLAGS.unparse_flags()

@@ -12,7 +12,8 @@ _OUT = flags.DEFINE_string("out", "curves.png", "Output PNG (a local path or a b
 
 def main(argv):
   runs = [paths.workdir_path(run) for run in argv[1:]]
-  curves.plot_curves({run.name: paths.read_json(run / "curve.json") for run in runs}, _OUT.value)
+  curves.plot_curves({run.name: [paths.read_json(run / "curve.json")] for run in runs},
+                     _OUT.value)
   print(f"wrote {_OUT.value}")
 
 

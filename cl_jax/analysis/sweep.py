@@ -1,32 +1,45 @@
-"""Run a grid of experiments and report them as a table (results.md), JSON and a plot.
+"""Run a grid of experiments over several seeds and report it as a table, JSON and a plot.
 
-  python -m cl_jax.analysis.sweep --config=configs/generalized_losses.py \
-      --sweep=configs/sweeps/generalized_losses.json --workdir=runs/sweep_generalized
+  python -m cl_jax.analysis.sweep --config=configs/simclr_randbit.py \
+      --sweep=configs/sweeps/randbit_table.json --workdir=runs/randbit_table [--seeds=3]
 
 The sweep file holds named axes; every axis value is a set of config overrides:
 
-  {"axes": {"loss": {"ntxent": {"loss.name": "ntxent"}, "gaussian": {"loss.prior": "gaussian"}},
-            "head": {"2": {"model.head_layers": 2}, "3": {"model.head_layers": 3}},
+  {"axes": {"tau": {"0.1": {"loss.temperature": 0.1}, "0.2": {"loss.temperature": 0.2}},
             "bits": {"0": {"data.random_bits": 0}, "5": {"data.random_bits": 5}}},
-   "overrides": {"train.num_steps": 500}}
+   "overrides": {"train.num_steps": 500},
+   "seeds": 3}
 
-Each grid point trains in <workdir>/<axis values joined by '_'> with the ordinary training loop;
-a rerun skips finished points and resumes unfinished ones. The plot shows linear-eval accuracy of
-`--metric` (default: label) against the last axis, one line per combination of the others.
+Every grid point trains with seeds 0..S−1 (`"seeds"`, or --seeds) in
+<workdir>/<axis values joined by '_'>/seed<s> with the ordinary training loop; a rerun skips
+finished seeds and resumes unfinished ones. Reports, in <workdir>:
+  results.json  one row per point: `runs` (each seed's eval.json), and the mean over seeds
+                (`linear_eval`, `metrics`) with the sample std (`linear_eval_std`, `metrics_std`)
+  results.md    the table, "mean ± std (n)"
+  results.png   accuracy of --metric against the last axis, one line per combination of the
+                others, error bars = std over seeds
+  curves.png    (when the runs record probe curves) mean curve per point with a ±std band
+The runs share decoded data, and a persistent compilation cache in <workdir>/.jax_cache, so a
+program (one per shape: seeds and temperatures are traced arguments) compiles once.
 """
 import itertools
+from typing import Sequence
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cl_jax import paths, train
+from cl_jax.analysis import curves
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file[:variant].",
                                           lock_config=True)
 _SWEEP = flags.DEFINE_string("sweep", None, "JSON file with the sweep's axes.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.")
 _METRIC = flags.DEFINE_string("metric", "label", "linear_eval key to plot.")
+_SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per grid point (default: the sweep file's "
+                              "\"seeds\", else 1).")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 
@@ -55,17 +68,37 @@ def grid(spec: dict):
   return points
 
 
+def _mean_std(dicts: Sequence[dict]):
+  """Per key present in every dict: (mean, sample std with ddof=1; 0 for a single value)."""
+  keys = [k for k in dicts[0] if all(k in d for d in dicts)]
+  values = {k: np.array([d[k] for d in dicts], np.float64) for k in keys}
+  return ({k: float(v.mean()) for k, v in values.items()},
+          {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()})
+
+
+def aggregate(name: str, labels: dict, overrides: dict, runs: Sequence[dict]) -> dict:
+  """One results row for a grid point from its seeds' eval.json dicts (each with `seed`)."""
+  linear, linear_std = _mean_std([r["linear_eval"] for r in runs])
+  metrics, metrics_std = _mean_std([r.get("metrics", {}) for r in runs])
+  return {"name": name, "point": labels, "overrides": overrides, "n": len(runs),
+          "linear_eval": linear, "linear_eval_std": linear_std,
+          "metrics": metrics, "metrics_std": metrics_std, "runs": list(runs)}
+
+
 def markdown_table(rows, axes, metrics) -> str:
+  """Axis values, then "mean ± std (n)" of every linear-eval metric."""
   header = "| " + " | ".join(list(axes) + [f"{m} acc" for m in metrics]) + " |"
   lines = [header, "|" + "---|" * (len(axes) + len(metrics))]
   for r in rows:
     cells = [r["point"][a] for a in axes]
-    cells += [f"{r['linear_eval'][m]:.3f}" if m in r["linear_eval"] else "–" for m in metrics]
+    cells += [f"{r['linear_eval'][m]:.3f} ± {r['linear_eval_std'][m]:.3f} ({r['n']})"
+              if m in r["linear_eval"] else "–" for m in metrics]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def plot(rows, axes, metric: str, path):
+  """Mean accuracy of `metric` against the last axis, error bars = std over seeds."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -73,12 +106,16 @@ def plot(rows, axes, metric: str, path):
   series = {}
   for r in rows:
     key = ", ".join(f"{a}={r['point'][a]}" for a in series_axes)
-    series.setdefault(key, []).append((r["point"][x_axis], r["linear_eval"].get(metric)))
+    series.setdefault(key, []).append((r["point"][x_axis], r["linear_eval"].get(metric),
+                                       r["linear_eval_std"].get(metric)))
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for key, values in series.items():
-    ax.plot([v[0] for v in values], [v[1] for v in values], marker="o", label=key or metric)
+    ax.errorbar([v[0] for v in values], [v[1] for v in values], yerr=[v[2] for v in values],
+                marker="o", capsize=3, label=key or metric)
+  n = sorted({r["n"] for r in rows})
   ax.set_xlabel(x_axis)
   ax.set_ylabel(f"linear eval: {metric} (test accuracy)")
+  ax.set_title(f"mean ± std over {'/'.join(map(str, n))} seed(s)", fontsize=9)
   ax.set_ylim(0, 1.02)
   ax.grid(alpha=0.3)
   ax.legend(fontsize=7)
@@ -86,30 +123,46 @@ def plot(rows, axes, metric: str, path):
   paths.save_figure(fig, path, dpi=120)
 
 
-def main(argv):
-  del argv
-  train.quiet_library_logs()
-  spec = paths.read_json(_SWEEP.value)
-  workdir = paths.workdir_path(_WORKDIR.value)
-  workdir.mkdir(parents=True, exist_ok=True)
-  rows = []
-  for name, labels, overrides in grid(spec):
-    config = _CONFIG.value.copy_and_resolve_references()
-    apply_overrides(config, overrides)
-    run_dir = workdir / name
+def run_point(base_config, overrides: dict, seeds: int, point_dir) -> list[dict]:
+  """Train (or read back) seeds 0..seeds−1 of one grid point → their eval.json dicts."""
+  runs = []
+  for seed in range(seeds):
+    run_dir = point_dir / f"seed{seed}"
     result_path = run_dir / "eval.json"
     if result_path.exists():
       result = paths.read_json(result_path)
     else:
-      logging.info("Sweep point %s: %s", name, overrides)
+      config = base_config.copy_and_resolve_references()
+      apply_overrides(config, {**overrides, "seed": seed})
+      logging.info("Sweep point %s, seed %d: %s", point_dir.name, seed, overrides)
       result = train.train_and_evaluate(config, run_dir)
-    rows.append({"name": name, "point": labels, "overrides": overrides, **result})
-    jax.clear_caches()
+    runs.append({"seed": seed, **result})
+  return runs
+
+
+def main(argv):
+  del argv
+  train.quiet_library_logs()
+  spec = paths.read_json(_SWEEP.value)
+  seeds = _SEEDS.value or spec.get("seeds", 1)
+  workdir = paths.workdir_path(_WORKDIR.value)
+  workdir.mkdir(parents=True, exist_ok=True)
+  jax.config.update("jax_compilation_cache_dir", str(workdir / ".jax_cache"))
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  rows = []
+  for name, labels, overrides in grid(spec):
+    runs = run_point(_CONFIG.value, overrides, seeds, workdir / name)
+    rows.append(aggregate(name, labels, overrides, runs))
+    jax.clear_caches()  # the persistent cache keeps the compiled programs
   metrics = sorted({m for r in rows for m in r["linear_eval"]})
   table = markdown_table(rows, spec["axes"], metrics)
   paths.write_json(workdir / "results.json", rows)
   (workdir / "results.md").write_text(table + "\n")
   plot(rows, spec["axes"], _METRIC.value, workdir / "results.png")
+  point_curves = {r["name"]: [run["curve"] for run in r["runs"]] for r in rows
+                  if all("curve" in run for run in r["runs"])}
+  if point_curves:
+    curves.plot_curves(point_curves, workdir / "curves.png")
   print(table)
 
 

@@ -65,12 +65,19 @@ def _uniform_int(seed, maxval):
   return tf.random.stateless_uniform([], seed, 0, maxval, dtype=tf.int32)
 
 
-def digits_on_images(digit_pool: np.ndarray, digit_labels: np.ndarray, image_size: int):
+def digit_side(image_size: int, digit_fraction: float) -> int:
+  """Side in px of the digits on an `image_size` image: round(digit_fraction · image_size)."""
+  return int(round(digit_fraction * image_size))
+
+
+def digits_on_images(digit_pool: np.ndarray, digit_labels: np.ndarray, image_size: int,
+                     digit_fraction: float):
   """Channel addition (Chen et al. 2021; digits_on_tf_flowers colab): each read of a background
   picks one digit of the pool (uniformly, from `read_seed`), replicates it on the 3×3 grid with
   top-left corners at 0.15/0.45/0.75 of the side and blends it by pixel-wise max. The digit side
-  is a quarter of the image side. Label `digit`: the drawn digit's class."""
-  side = image_size // 4
+  is `digit_fraction` of the image side (the colab: 28-px digits on 224-px images, 1/8).
+  Label `digit`: the drawn digit's class."""
+  side = digit_side(image_size, digit_fraction)
   pool = tf.constant(digit_pool.astype(np.float32) / 255.0)
   pool = tf.image.resize(pool, (side, side), antialias=True) if pool.shape[1] != side else pool
   pool_labels = tf.constant(digit_labels.astype(np.int32))
@@ -196,13 +203,16 @@ def make_scene(data_config, split, train: bool):
   size = data_config.image_size
   if name == "digits_on_images":
     digits = sources.load(ml_collections.ConfigDict(dict(
-        dataset=data_config.digit_dataset, image_size=size // 4, data_dir=data_config.data_dir,
+        dataset=data_config.digit_dataset,
+        image_size=digit_side(size, data_config.digit_fraction),
+        data_dir=data_config.data_dir,
         coarse_labels=False)), "train")
     u = data_config.num_unique_digits
     if u > len(digits):
       raise sources.DataError(f"data.num_unique_digits={u} exceeds the {len(digits)} training "
                               f"digits of '{data_config.digit_dataset}'.")
-    return digits_on_images(digits.images[:u], digits.labels["label"][:u], size)
+    return digits_on_images(digits.images[:u], digits.labels["label"][:u], size,
+                            data_config.digit_fraction)
   digit_labels = split.labels["label"]
   if name == "multidigits":
     n = data_config.num_digits if train else data_config.eval_num_digits

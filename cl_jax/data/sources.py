@@ -6,6 +6,7 @@ datasets the papers' small-scale experiments use (digits, MNIST, CIFAR-10/100); 
 not fit in host memory (full ImageNet) would need a streaming source.
 """
 import dataclasses
+import functools
 from typing import Mapping
 
 import numpy as np
@@ -194,14 +195,23 @@ def class_and_subclass(split: Split, dataset: str) -> Split:
                   "(cifar100).")
 
 
+@functools.lru_cache(maxsize=8)
+def _load_local(dataset: str, split: str, image_size: int, data_dir) -> Split:
+  """The embedded and IDX sources, decoded once per process: a sweep's runs share one copy
+  (Split arrays are never written). tfds splits are not cached (tfds may be mocked in tests)."""
+  loaded = {EMBEDDED: lambda: load_digits(split, image_size),
+            PHOTOS: lambda: load_photos(split, image_size),
+            IDX: lambda: load_idx(data_dir, split, image_size)}[dataset]()
+  for array in (loaded.images, *loaded.labels.values()):
+    array.setflags(write=False)
+  return loaded
+
+
 def load(data_config, split: str) -> Split:
   """The `split` ('train' or 'test') of `data_config.dataset` at `data_config.image_size`."""
-  if data_config.dataset == EMBEDDED:
-    loaded = load_digits(split, data_config.image_size)
-  elif data_config.dataset == PHOTOS:
-    loaded = load_photos(split, data_config.image_size)
-  elif data_config.dataset == IDX:
-    loaded = load_idx(data_config.data_dir, split, data_config.image_size)
+  if data_config.dataset in (EMBEDDED, PHOTOS, IDX):
+    loaded = _load_local(data_config.dataset, split, data_config.image_size,
+                         data_config.data_dir)
   else:
     loaded = load_tfds(data_config.dataset, split, data_config.image_size, data_config.data_dir)
   if data_config.coarse_labels:
