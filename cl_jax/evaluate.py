@@ -24,28 +24,42 @@ from cl_jax.data.sources import Split
 
 def extract_features(model, variables, split: Split, data_config, *, seed: int, split_name: str,
                      batch_size: int, mesh):
-  """(features [N, D], {label: [N] or [N, k]}, {label: number of classes}): encoder features h
-  of `split` (in split order, computed on the mesh) and the labels to probe them with.
+  """(features [N, D], {label: [N] or [N, k]}, {label: number of classes}, {label: [N]}):
+  encoder features h of `split` (in split order, computed on the mesh), the labels to probe them
+  with, and the online probes' predicted classes (argmax of their logits).
 
   Every process holds each whole eval batch and feeds its devices' rows (`pipeline.local_rows`),
   so the global array — and the gathered features — are in batch order whatever the order of
   processes in the mesh, the order the labels are in."""
   num_devices = mesh.devices.size
   batch_size = -(-batch_size // num_devices) * num_devices
-  encode = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+
+  @jax.jit
+  def encode(v, x):
+    h, _, logits = model.apply(v, x, train=False)
+    return h, {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
+
   ds, num_classes = pipeline.eval_dataset(split, data_config, seed=seed, split_name=split_name,
                                           batch_size=batch_size)
   rows = pipeline.local_rows(mesh, batch_size)
-  feats, labels = [], {}
+  feats, labels, predictions = [], {}, {}
   for batch in ds.as_numpy_iterator():
     x = pipeline.to_global({"image": batch["image"][rows]}, mesh)["image"]
-    h = multihost_utils.process_allgather(encode(variables, x), tiled=True)
+    h, predicted = multihost_utils.process_allgather(encode(variables, x), tiled=True)
     valid = batch["valid"]
     feats.append(np.asarray(h)[valid])
     for name in [*num_classes, *(["bits"] if "bits" in batch else [])]:
       labels.setdefault(name, []).append(batch[name][valid])
-  return (np.concatenate(feats), {k: np.concatenate(v) for k, v in labels.items()},
-          num_classes)
+    for name, p in predicted.items():
+      predictions.setdefault(name, []).append(np.asarray(p)[valid])
+  concat = lambda d: {k: np.concatenate(v) for k, v in d.items()}
+  return np.concatenate(feats), concat(labels), num_classes, concat(predictions)
+
+
+def online_probe_accuracy(labels, predictions) -> dict:
+  """{label: test accuracy of the online probe trained along with the encoder} — the metric of
+  the randbits colab's table (its probe sees stop_gradient(h) of augmented training views)."""
+  return {name: float(np.mean(p == labels[name])) for name, p in predictions.items()}
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
@@ -83,12 +97,12 @@ def probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, *, l2: fl
 
 def extract_train_and_test(model, variables, train: Split, test: Split, config, mesh):
   """`extract_features` of the train and test splits → ((train_h, train_y), (test_h, test_y),
-  num_classes)."""
+  num_classes, {label: online-probe test accuracy})."""
   extract = functools.partial(extract_features, model, variables, data_config=config.data,
                               seed=config.seed, batch_size=config.eval.batch_size, mesh=mesh)
-  train_h, train_y, _ = extract(train, split_name="train")
-  test_h, test_y, num_classes = extract(test, split_name="test")
-  return (train_h, train_y), (test_h, test_y), num_classes
+  train_h, train_y, _, _ = extract(train, split_name="train")
+  test_h, test_y, num_classes, online = extract(test, split_name="test")
+  return (train_h, train_y), (test_h, test_y), num_classes, online_probe_accuracy(test_y, online)
 
 
 def probe_all_labels(train_features, test_features, num_classes, eval_config) -> dict:
@@ -108,7 +122,7 @@ def probe_all_labels(train_features, test_features, num_classes, eval_config) ->
 def linear_eval(model, variables, train: Split, test: Split, config, mesh) -> Mapping[str, float]:
   """{label_name: test accuracy} for every label of the (possibly scene-composed) data, plus
   `bits` when random_bits > 0."""
-  train_features, test_features, num_classes = extract_train_and_test(
+  train_features, test_features, num_classes, _ = extract_train_and_test(
       model, variables, train, test, config, mesh)
   return probe_all_labels(train_features, test_features, num_classes, config.eval)
 

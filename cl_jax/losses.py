@@ -65,6 +65,26 @@ def ntxent(z1: jax.Array, z2: jax.Array, temperature: float, *, ifm_epsilon: flo
                   ifm_epsilon, ifm_alpha)
 
 
+def ntxent_cross_view(z1: jax.Array, z2: jax.Array, temperature: float, *,
+                      ifm_epsilon: float = 0.0, ifm_alpha: float = 1.0) -> jax.Array:
+  """NT-Xent on the N×N cross-view logits only (the randbits_mnist colab's form): no negatives
+  from the anchor's own view. With ẑ = ℓ2-normalised z and S = ẑ1 ẑ2ᵀ / τ,
+
+      L = ½ [ mean_i −log softmax(S_i·)[i] + mean_i −log softmax(S_·i)[i] ],
+
+  i.e. each view's row i must pick row i of the other view among the other view's N rows. IFM
+  lowers the positive (diagonal) cosine by ε and raises the others by ε before dividing by τ."""
+  n = z1.shape[0]
+  cos = l2_normalize(z1) @ l2_normalize(z2).T
+  targets = jnp.arange(n)
+
+  def loss_at(eps):
+    logits = (cos + jnp.where(jnp.eye(n, dtype=bool), -eps, eps)) / temperature
+    ce = optax.losses.softmax_cross_entropy_with_integer_labels
+    return 0.5 * (ce(logits, targets).mean() + ce(logits.T, targets).mean())
+  return with_ifm(loss_at, ifm_epsilon, ifm_alpha)
+
+
 def supcon(z1: jax.Array, z2: jax.Array, labels: jax.Array, temperature: float, *,
            ifm_epsilon: float = 0.0, ifm_alpha: float = 1.0) -> jax.Array:
   """Supervised contrastive loss SCL (Khosla et al. 2020, L_out; SPEC §1.2).
@@ -230,6 +250,8 @@ def ifm_kwargs(cfg):
 CONTRASTIVE_LOSSES = {
     "ntxent": lambda z1, z2, batch, key, cfg: ntxent(z1, z2, cfg.temperature,
                                                      **ifm_kwargs(cfg)),
+    "ntxent_cross_view": lambda z1, z2, batch, key, cfg: ntxent_cross_view(
+        z1, z2, cfg.temperature, **ifm_kwargs(cfg)),
     "supcon": lambda z1, z2, batch, key, cfg: supcon(
         z1, z2, batch[cfg.supervised_label], cfg.temperature, **ifm_kwargs(cfg)),
     "joint": lambda z1, z2, batch, key, cfg: joint(

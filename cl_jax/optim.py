@@ -2,6 +2,8 @@
 import math
 
 import flax
+import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
 
@@ -37,6 +39,14 @@ def decay_mask(params):
   mask = {path: path[-1] == "kernel" and not any(p.startswith("probe_") for p in path)
           for path in flat}
   return flax.traverse_util.unflatten_dict(mask)
+
+
+def kernel_l2_penalty(params) -> jax.Array:
+  """Σ‖W‖² over the kernels `decay_mask` selects (encoder and head conv/dense kernels): the
+  Keras `kernel_regularizer=l2(c)` term is c times this, added to the loss."""
+  return sum(jnp.sum(w ** 2) for w, decayed in zip(jax.tree.leaves(params),
+                                                   jax.tree.leaves(decay_mask(params)))
+             if decayed)
 
 
 def create_optimizer(optim_config: ml_collections.ConfigDict,

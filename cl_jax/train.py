@@ -85,13 +85,17 @@ def create_train_state(model, tx, input_shape, seed: int, mesh: Mesh,
       jax.random.PRNGKey(seed))
 
 
-def compute_loss(params, batch_stats, batch, key, *, model, loss_config, momentum=None):
-  """Contrastive loss on the global batch + online-probe cross-entropy on stop_gradient(h).
-  (Representation metrics are not computed here: `batch_metrics` does it on log steps only.)
+def compute_loss(params, batch_stats, batch, key, *, model, loss_config, momentum=None,
+                 concat_views=True):
+  """Contrastive loss on the global batch + online-probe cross-entropy on stop_gradient(h)
+  (+ loss.kernel_l2·Σ‖W‖² over the kernels when set). (Representation metrics are not computed
+  here: `batch_metrics` does it on log steps only.)
 
   SimCLR-style losses: both views go through the encoder as ONE batch [view1; view2] (BatchNorm
-  statistics over 2B). MoCo: queries from view1, keys from view2 through the momentum encoder
-  (`momentum`: its params/batch_stats and the queue).
+  statistics over 2B); concat_views=False: one view at a time (BatchNorm statistics per view, the
+  running averages updated by view 1, then view 2 — as Keras does for two calls). MoCo: queries
+  from view1, keys from view2 through the momentum encoder (`momentum`: its params/batch_stats
+  and the queue).
   Returns (total, (metrics, new_batch_stats, (new_key_batch_stats, keys) or None)).
   """
   n = batch["view1"].shape[0]
@@ -110,10 +114,18 @@ def compute_loss(params, batch_stats, batch, key, *, model, loss_config, momentu
     probe_labels = {name: batch[name] for name in probe_logits}
     moco_out = (key_updated["batch_stats"], keys)
   else:
-    x = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
-    (_, z, probe_logits), updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
-    contrastive = losses.CONTRASTIVE_LOSSES[loss_config.name](z[:n], z[n:], batch, key,
-                                                              loss_config)
+    if concat_views:
+      x = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+      (_, z, probe_logits), updated = model.apply(variables, x, train=True,
+                                                  mutable=["batch_stats"])
+      z1, z2 = z[:n], z[n:]
+    else:
+      (_, z1, logits1), updated = model.apply(variables, batch["view1"], train=True,
+                                              mutable=["batch_stats"])
+      (_, z2, logits2), updated = model.apply({"params": params, **updated}, batch["view2"],
+                                              train=True, mutable=["batch_stats"])
+      probe_logits = {k: jnp.concatenate([logits1[k], logits2[k]]) for k in logits1}
+    contrastive = losses.CONTRASTIVE_LOSSES[loss_config.name](z1, z2, batch, key, loss_config)
     metrics = {"loss": contrastive}
     probe_labels = {name: jnp.concatenate([batch[name]] * 2) for name in probe_logits}
   total = contrastive
@@ -123,6 +135,10 @@ def compute_loss(params, batch_stats, batch, key, *, model, loss_config, momentu
     metrics[f"probe_loss/{name}"] = probe_loss
     metrics[f"probe_accuracy/{name}"] = jnp.mean(jnp.argmax(logits, -1) == labels)
     total = total + probe_loss
+  if loss_config.kernel_l2:
+    penalty = loss_config.kernel_l2 * optim.kernel_l2_penalty(params)
+    metrics["kernel_l2"] = penalty
+    total = total + penalty
   return total, (metrics, updated["batch_stats"], moco_out)
 
 
@@ -157,7 +173,8 @@ def traced_hyperparameters(config: ml_collections.ConfigDict) -> dict:
           "temperature": jnp.float32(config.loss.temperature)}
 
 
-def train_step(state: TrainState, batch, hyper: dict, *, model, loss_config, schedule):
+def train_step(state: TrainState, batch, hyper: dict, *, model, loss_config, schedule,
+               concat_views=True):
   """One optimizer step. `hyper` = `traced_hyperparameters(config)`. The step's PRNG key is
   fold_in(base_key, step): resumable. MoCo: the key encoder is first moved towards the current
   query encoder (as in MoCo's forward pass), then its keys of this batch are enqueued."""
@@ -171,7 +188,7 @@ def train_step(state: TrainState, batch, hyper: dict, *, model, loss_config, sch
   grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
   (total, (metrics, batch_stats, moco_out)), grads = grad_fn(
       state.params, state.batch_stats, batch, key, model=model, loss_config=loss_config,
-      momentum=momentum)
+      momentum=momentum, concat_views=concat_views)
   metrics["finite"] = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
   if momentum is not None:
     key_batch_stats, keys = moco_out
@@ -278,7 +295,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
 
   # ---- Jitted step, writers, progress.
   step_fn = jax.jit(functools.partial(train_step, model=model, loss_config=config.loss,
-                                      schedule=schedule), donate_argnums=(0,))
+                                      schedule=schedule, concat_views=config.train.concat_views),
+                    donate_argnums=(0,))
   hyper = traced_hyperparameters(config)
   metrics_fn = jax.jit(functools.partial(batch_metrics, model=model))
   writer = metric_writers.create_default_writer(os.fspath(workdir),
@@ -352,15 +370,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
 
   # ---- Evaluate (every process computes; process 0 writes).
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  train_features, test_features, num_classes = evaluate.extract_train_and_test(
+  train_features, test_features, num_classes, online = evaluate.extract_train_and_test(
       model, variables, train_split, test_split, config, mesh)
   linear = evaluate.probe_all_labels(train_features, test_features, num_classes, config.eval)
   representation = evaluate.test_representation_metrics(model, variables, test_split, config,
                                                         mesh)
   writer.write_scalars(num_steps, {**{f"linear_eval/{k}": v for k, v in linear.items()},
+                                   **{f"online_probe/{k}": v for k, v in online.items()},
                                    **{f"test_metrics/{k}": v for k, v in representation.items()}})
   writer.flush()
-  result = {"step": num_steps, "linear_eval": linear, "metrics": representation}
+  result = {"step": num_steps, "linear_eval": linear, "online_probe": online,
+            "metrics": representation}
   if curve:
     result["curve"] = curve
   if config.eval.get("kmeans_clusters"):
@@ -372,6 +392,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
     embeddings.plot_embeddings(*test_features, workdir / "embeddings.png", seed=config.seed,
                                title=f"{workdir.name}: test features h at step {num_steps}")
     paths.write_json(workdir / "eval.json", result)
-  logging.info("Linear evaluation (test accuracy) at step %d:\n%s", num_steps,
-               "\n".join(f"  {k:<14} {v:.4f}" for k, v in linear.items()))
+  logging.info("Test accuracy at step %d (linear eval | online probe):\n%s", num_steps,
+               "\n".join(f"  {k:<14} {v:.4f}" + (f" | {online[k]:.4f}" if k in online else "")
+                         for k, v in linear.items()))
   return result

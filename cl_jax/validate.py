@@ -33,7 +33,14 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   if not 0 <= data.random_bits <= features.MAX_RANDOM_BITS:
     raise ConfigError(f"data.random_bits={data.random_bits} must be in [0, "
                       f"{features.MAX_RANDOM_BITS}] (one constant input channel per bit).")
-  min_size = models.ENCODERS[model.encoder]().min_image_size
+  _choice("model.conv_padding", model.conv_padding, ("SAME", "VALID"))
+  if not 0 <= model.bn_momentum < 1:
+    raise ConfigError(f"model.bn_momentum={model.bn_momentum} must be in [0, 1) (the weight of "
+                      "the old running statistics: 0.9 flax/PyTorch convention, 0.99 Keras).")
+  _positive("model.bn_epsilon", model.bn_epsilon)
+  if config.loss.kernel_l2 < 0:
+    raise ConfigError(f"loss.kernel_l2={config.loss.kernel_l2} must be >= 0.")
+  min_size = models.create_encoder(model).min_image_size
   if data.image_size < min_size:
     raise ConfigError(f"data.image_size={data.image_size} is too small for model.encoder="
                       f"'{model.encoder}', which needs images of at least {min_size} px.")

@@ -3,6 +3,12 @@
   python -m cl_jax.main --config=configs/simclr_randbit.py --workdir=runs/randbit
   python -m cl_jax.main --config=configs/simclr_randbit.py:mnist --workdir=...   (tfds mnist)
   python -m cl_jax.main --config=configs/simclr_randbit.py:cifar10 --workdir=... (tfds cifar10)
+  python -m cl_jax.main --config=configs/simclr_randbit.py:mnist_colab --workdir=... \
+      [--config.data.dataset=mnist_idx --config.data.data_dir=../shared/data/mnist]
+
+`:mnist_colab` reproduces the randbits_mnist colab (valid-padding ConvNet, Dense 256–BN–ReLU →
+Dense 64 head, Keras BatchNorm, L2 1e-4 on kernels, views through the model one at a time, loss on
+the N×N cross-view logits); its table reports eval.json's `online_probe` (the colab's metric).
 
 No argument: the embedded default — scikit-learn's 1,797 8×8 digits upsampled to 16 px, the colab
 ConvNet, a few minutes on a laptop CPU.
@@ -32,12 +38,17 @@ def get_config(arg=None):
   c.model.head_hidden_dim = 128
   c.model.embed_dim = 64           # the embedding size (head output)
   c.model.head_batchnorm = True    # SimCLR head (BN); False: MoCo-v2 MLP head (biases, no BN)
+  c.model.head_output_batchnorm = True  # False: last head layer a plain Dense (randbits colab)
+  c.model.conv_padding = "SAME"    # convnet: SAME (flatten 4·4·64 at 28 px) | VALID (colab, 2·2·64)
+  c.model.bn_momentum = 0.9        # every BatchNorm; Keras (the colab): 0.99
+  c.model.bn_epsilon = 1e-5        # Keras: 1e-3
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "ntxent"
   c.loss.temperature = 0.2
   c.loss.ifm_epsilon = 0.0         # implicit feature modification (Robinson et al.); 0 = off
   c.loss.ifm_alpha = 1.0           # L_IFM = (L + α·L_ε) / (1 + α)
+  c.loss.kernel_l2 = 0.0           # + kernel_l2·Σ‖W‖² over encoder/head kernels (Keras l2 reg.)
 
   c.optim = ml_collections.ConfigDict()
   c.optim.name = "adam"
@@ -52,6 +63,7 @@ def get_config(arg=None):
   c.train.batch_size = 256         # GLOBAL batch
   c.train.num_epochs = 100
   c.train.num_steps = -1           # > 0 overrides num_epochs
+  c.train.concat_views = True      # both views as one batch (BN over 2B); False: one at a time
   c.train.log_every_steps = 50
   c.train.checkpoint_every_steps = 200
 
@@ -64,6 +76,21 @@ def get_config(arg=None):
   if arg == "mnist":  # the randbits_mnist colab: batch 1000, 10 epochs, Adam 1e-3 linear decay
     c.data.dataset = "mnist"
     c.data.image_size = 28
+    c.train.batch_size = 1000
+    c.train.num_epochs = 10
+    c.train.log_every_steps = 20
+    c.train.checkpoint_every_steps = 300
+  elif arg == "mnist_colab":  # fidelity variant: the randbits_mnist colab's model, loss, metric
+    c.data.dataset = "mnist"
+    c.data.image_size = 28
+    c.model.conv_padding = "VALID"        # flatten 2·2·64 = 256
+    c.model.head_hidden_dim = 256         # head: Dense 256–BN–ReLU → Dense 64, no output BN
+    c.model.head_output_batchnorm = False
+    c.model.bn_momentum = 0.99            # Keras BatchNorm defaults
+    c.model.bn_epsilon = 1e-3
+    c.loss.name = "ntxent_cross_view"     # the N×N cross-view logits only
+    c.loss.kernel_l2 = 1e-4               # Keras l2(1e-4) on every conv/dense kernel
+    c.train.concat_views = False          # each view through the model on its own
     c.train.batch_size = 1000
     c.train.num_epochs = 10
     c.train.log_every_steps = 20
@@ -90,5 +117,6 @@ def get_config(arg=None):
     c.train.log_every_steps = 100
     c.train.checkpoint_every_steps = 2000
   elif arg is not None:
-    raise ValueError(f"Unknown variant {arg!r} of simclr_randbit: use none, 'mnist' or 'cifar10'.")
+    raise ValueError(f"Unknown variant {arg!r} of simclr_randbit: use none, 'mnist', "
+                     "'mnist_colab' or 'cifar10'.")
   return c

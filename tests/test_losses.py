@@ -141,3 +141,33 @@ def test_moco_infonce_matches_naive_loop_with_ifm():
                              jax.grad(lambda q: naive(q, 0.0))(q), rtol=1e-4, atol=1e-6)
   # Keys and queue are constants for the gradient.
   assert np.all(jax.grad(lambda k: losses.moco_infonce(q, k, queue, 0.2))(k) == 0)
+
+
+def naive_ntxent_cross_view(z1, z2, temperature, eps=0.0):
+  """The colab's form: for each view, row i against the other view's N rows, loops only."""
+  a = [v / jnp.linalg.norm(v) for v in z1]
+  b = [v / jnp.linalg.norm(v) for v in z2]
+  n = len(a)
+
+  def direction(x, y):
+    total = 0.0
+    for i in range(n):
+      logit = lambda k: (jnp.dot(x[i], y[k]) + (-eps if k == i else eps)) / temperature
+      total += -(logit(i) - jnp.log(sum(jnp.exp(logit(k)) for k in range(n))))
+    return total / n
+  return 0.5 * (direction(a, b) + direction(b, a))
+
+
+@pytest.mark.parametrize("n,d,temperature,eps", [(4, 3, 0.5, 0.0), (5, 8, 0.1, 0.1)])
+def test_ntxent_cross_view_matches_naive_value_and_gradient(n, d, temperature, eps):
+  k1, k2 = jax.random.split(jax.random.PRNGKey(7 * n + d))
+  z1, z2 = jax.random.normal(k1, (n, d)), jax.random.normal(k2, (n, d))
+  alpha = 1.0
+  ours = lambda a, b: losses.ntxent_cross_view(a, b, temperature, ifm_epsilon=eps,
+                                               ifm_alpha=alpha)
+  naive = lambda a, b: (naive_ntxent_cross_view(a, b, temperature) + alpha *
+                        naive_ntxent_cross_view(a, b, temperature, eps)) / (1 + alpha) \
+      if eps else naive_ntxent_cross_view(a, b, temperature)
+  np.testing.assert_allclose(ours(z1, z2), naive(z1, z2), rtol=1e-5)
+  for a, b in zip(jax.grad(ours, argnums=(0, 1))(z1, z2), jax.grad(naive, argnums=(0, 1))(z1, z2)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

@@ -12,8 +12,43 @@ from cl_jax import models, optim
 def _model(encoder, head_layers=2, embed_dim=8):
   return models.create_model(ml_collections.ConfigDict(dict(
       encoder=encoder, head_layers=head_layers, head_hidden_dim=16, embed_dim=embed_dim,
-      head_batchnorm=True)),
+      head_batchnorm=True, head_output_batchnorm=True, conv_padding="SAME", bn_momentum=0.9,
+      bn_epsilon=1e-5)),
       {"label": 10})
+
+
+def test_mnist_colab_variant_has_the_colabs_layers():
+  """The randbits_mnist colab: valid padding (28 → 13 → 6 → 2, flatten 2·2·64 = 256), Dense 128
+  representation, head Dense 256–BN–ReLU → Dense 64 with a bias and no BN, Keras BatchNorm."""
+  from configs import simclr_randbit  # pylint: disable=g-import-not-at-top
+  config = simclr_randbit.get_config("mnist_colab")
+  model = models.create_model(config.model, {"label": 10})
+  x = jnp.zeros((2, 28, 28, 1 + config.data.random_bits))
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, train=False))
+  params = flax.traverse_util.flatten_dict(variables["params"], sep="/")
+  shapes = {k: v.shape for k, v in params.items()}
+  assert shapes["encoder/Dense_0/kernel"] == (256, 128)
+  assert shapes["head/Dense_0/kernel"] == (128, 256) and "head/Dense_0/bias" not in shapes
+  assert shapes["head/Dense_1/kernel"] == (256, 64) and shapes["head/Dense_1/bias"] == (64,)
+  assert sorted(k for k in shapes if k.startswith("head/BatchNorm")) == [
+      "head/BatchNorm_0/bias", "head/BatchNorm_0/scale"]  # hidden layer only: no output BN
+  assert model.encoder.padding == "VALID"
+  assert (model.encoder.bn_momentum, model.encoder.bn_epsilon) == (0.99, 1e-3)
+  assert (model.head.bn_momentum, model.head.bn_epsilon) == (0.99, 1e-3)
+  # The cl_jax default keeps SAME padding: flatten 4·4·64 = 1024 at 28 px.
+  default = models.create_model(simclr_randbit.get_config("mnist").model, {"label": 10})
+  variables = jax.eval_shape(lambda: default.init(jax.random.PRNGKey(0), x, train=False))
+  assert variables["params"]["encoder"]["Dense_0"]["kernel"].shape == (1024, 128)
+
+
+def test_kernel_l2_penalty_sums_the_encoder_and_head_kernels_only():
+  model = _model("convnet")
+  variables = model.init(jax.random.PRNGKey(0), jnp.zeros((2, 16, 16, 4)), train=False)
+  flat = flax.traverse_util.flatten_dict(variables["params"])
+  expected = sum(float(jnp.sum(v ** 2)) for k, v in flat.items()
+                 if k[-1] == "kernel" and not k[0].startswith("probe_"))
+  assert expected > 0
+  np.testing.assert_allclose(optim.kernel_l2_penalty(variables["params"]), expected, rtol=1e-5)
 
 
 @pytest.mark.parametrize("encoder,size,h_dim", [

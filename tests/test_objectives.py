@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cl_jax import models, optim, train, validate
+from cl_jax import losses, models, optim, train, validate
 from cl_jax.data import pipeline, sources
 from configs import moco_ifm, supcon_joint
 
@@ -159,3 +159,36 @@ def test_moco_config_can_switch_to_a_simclr_loss(tmp_path, small):
   config.train.num_steps = 2
   result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
   assert result["step"] == 2
+
+
+def test_views_one_at_a_time_normalise_each_view_with_its_own_statistics():
+  """train.concat_views=False (the randbits colab): z1 = f(view1), z2 = f(view2) in training
+  mode, BatchNorm statistics per view, running averages updated by view 1 then view 2; the loss
+  is the cross-view NT-Xent plus the online probe's cross-entropy on both views."""
+  from configs import simclr_randbit  # pylint: disable=g-import-not-at-top
+  config = simclr_randbit.get_config("mnist_colab")
+  config.loss.kernel_l2 = 0.0
+  model = models.create_model(config.model, {"label": 10})
+  k1, k2, k3 = jax.random.split(jax.random.PRNGKey(0), 3)
+  batch = {"view1": jax.random.uniform(k1, (8, 16, 16, 3)),
+           "view2": jax.random.uniform(k2, (8, 16, 16, 3)),
+           "label": jax.random.randint(k3, (8,), 0, 10)}
+  variables = model.init(jax.random.PRNGKey(1), batch["view1"], train=False)
+  total, (metrics, stats, _) = train.compute_loss(
+      variables["params"], variables["batch_stats"], batch, None, model=model,
+      loss_config=config.loss, concat_views=False)
+
+  apply = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
+  (_, z1, logits1), after1 = apply(variables, batch["view1"])
+  (_, z2, logits2), after2 = apply({"params": variables["params"], **after1}, batch["view2"])
+  contrastive = losses.ntxent_cross_view(z1, z2, config.loss.temperature)
+  ce = lambda logits: -jnp.mean(jax.nn.log_softmax(logits)[jnp.arange(8), batch["label"]])
+  probe = 0.5 * (ce(logits1["label"]) + ce(logits2["label"]))
+  np.testing.assert_allclose(metrics["loss"], contrastive, rtol=1e-5)
+  np.testing.assert_allclose(total, contrastive + probe, rtol=1e-5)
+  for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(after2["batch_stats"])):
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+  # One batch of both views normalises with the pooled statistics: a different loss.
+  pooled, _ = train.compute_loss(variables["params"], variables["batch_stats"], batch, None,
+                                 model=model, loss_config=config.loss, concat_views=True)
+  assert abs(float(pooled) - float(total)) > 1e-4

@@ -27,7 +27,9 @@ def test_embedded_digits_end_to_end(digits_config, tmp_path):
     assert json.load(f) == result
   assert set(result["linear_eval"]) == {"label", "bits"}
   assert 0.0 <= result["linear_eval"]["label"] <= 1.0
+  assert set(result["online_probe"]) == {"label"} and 0 <= result["online_probe"]["label"] <= 1
   assert set(result["metrics"]) == {"alignment", "uniformity", "effective_rank"}
+  assert (tmp_path / "embeddings.png").stat().st_size > 5000
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # max_to_keep=2
 
@@ -69,10 +71,10 @@ def test_incompatible_checkpoint_is_refused_and_left_untouched(digits_config, tm
   assert after == before
 
 
-@pytest.mark.parametrize("variant", ["mnist", "cifar10"])
+@pytest.mark.parametrize("variant", ["mnist", "mnist_colab", "cifar10"])
 def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
   config = simclr_randbit.get_config(variant)
-  assert config.data.dataset == variant
+  assert config.data.dataset == variant.split("_")[0]
   # The ResNet-18 of the cifar10 variant takes ~90 s to compile on 2 CPU cores: it is covered by
   # test_models.py; here the variant's RGB augmentations and tfds labels run end to end.
   config.model.encoder = "convnet"
@@ -86,12 +88,16 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
   with tfds.testing.mock_data(num_examples=32):
     result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
   assert set(result["linear_eval"]) == {"label", "bits"} and result["step"] == 2
+  assert set(result["online_probe"]) == {"label"}
 
 
 @pytest.mark.parametrize("field,value,message", [
     ("data.dataset", "no_such_dataset_xyz", "nor a known tfds dataset"),
     ("model.encoder", "vgg", "model.encoder='vgg' is not one of: convnet, resnet18"),
-    ("loss.name", "triplet", "loss.name='triplet' is not one of: generalized, joint, moco, ntxent, supcon"),
+    ("loss.name", "triplet", "loss.name='triplet' is not one of: generalized, joint, moco, ntxent, ntxent_cross_view, supcon"),
+    ("model.conv_padding", "FULL", "model.conv_padding='FULL' is not one of: SAME, VALID"),
+    ("model.bn_momentum", 1.0, r"model.bn_momentum=1.0 must be in \[0, 1\)"),
+    ("loss.kernel_l2", -1e-4, "loss.kernel_l2=-0.0001 must be >= 0"),
     ("optim.name", "rmsprop", "optim.name='rmsprop' is not one of: adam, sgd, lars"),
     ("data.random_bits", -1, r"data.random_bits=-1 must be in \[0, 30\]"),
     ("data.random_bits", 31, r"data.random_bits=31 must be in \[0, 30\]"),
@@ -172,7 +178,7 @@ def test_command_line_overrides_sigkill_and_sigterm_resume(tmp_path):
                         text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "step 40/40" in done.stderr and "ETA" in done.stderr
-  assert "Linear evaluation (test accuracy) at step 40" in done.stderr
+  assert "Test accuracy at step 40 (linear eval | online probe)" in done.stderr
   uninterrupted = json.loads((tmp_path / "a" / "eval.json").read_text())
   assert set(uninterrupted["linear_eval"]) == {"label", "bits"}
   saved = json.loads((tmp_path / "a" / "checkpoints" / "40" / "config" / "metadata").read_text())

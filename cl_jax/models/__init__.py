@@ -1,4 +1,5 @@
 """Model zoo: encoder name → flax module constructor, and `create_model(config, ...)`."""
+import functools
 from typing import Mapping
 
 import ml_collections
@@ -9,20 +10,31 @@ from cl_jax.models.resnet import ResNet18, ResNet50
 
 ENCODERS = {
     "convnet": ConvNet,
-    "resnet18_cifar": lambda: ResNet18(stem="cifar"),
-    "resnet18": lambda: ResNet18(stem="imagenet"),
-    "resnet50_cifar": lambda: ResNet50(stem="cifar"),
-    "resnet50": lambda: ResNet50(stem="imagenet"),
+    "resnet18_cifar": functools.partial(ResNet18, stem="cifar"),
+    "resnet18": functools.partial(ResNet18, stem="imagenet"),
+    "resnet50_cifar": functools.partial(ResNet50, stem="cifar"),
+    "resnet50": functools.partial(ResNet50, stem="imagenet"),
 }
+
+
+def create_encoder(model_config: ml_collections.ConfigDict):
+  """The encoder of `model_config` with its BatchNorm settings (and padding, for the ConvNet)."""
+  kwargs = dict(bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon)
+  if model_config.encoder == "convnet":
+    kwargs["padding"] = model_config.conv_padding
+  return ENCODERS[model_config.encoder](**kwargs)
 
 
 def create_model(model_config: ml_collections.ConfigDict,
                  probe_classes: Mapping[str, int]) -> ContrastiveModel:
   """Encoder + projection head (+ online probes for the labels in `probe_classes`)."""
   return ContrastiveModel(
-      encoder=ENCODERS[model_config.encoder](),
+      encoder=create_encoder(model_config),
       head=ProjectionHead(num_layers=model_config.head_layers,
                           hidden_dim=model_config.head_hidden_dim,
                           embed_dim=model_config.embed_dim,
-                          batchnorm=model_config.head_batchnorm),
+                          batchnorm=model_config.head_batchnorm,
+                          output_batchnorm=model_config.head_output_batchnorm,
+                          bn_momentum=model_config.bn_momentum,
+                          bn_epsilon=model_config.bn_epsilon),
       probe_classes=dict(probe_classes))

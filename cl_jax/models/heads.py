@@ -8,19 +8,24 @@ import jax
 class ProjectionHead(nn.Module):
   """`num_layers` Dense layers: hidden ones Dense(no bias)→BN→ReLU, the last Dense(no bias)→BN
   without centring (SimCLR). batchnorm=False: Dense(bias)→ReLU …, last Dense(bias) (MoCo-v2).
-  The output size `embed_dim` is the embedding size studied by Xue et al."""
+  output_batchnorm=False: hidden layers with BN, the last a plain Dense(bias) (the randbits
+  colab). The output size `embed_dim` is the embedding size studied by Xue et al."""
   num_layers: int
   hidden_dim: int
   embed_dim: int
   batchnorm: bool = True
+  output_batchnorm: bool = True
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool) -> jax.Array:
     def layer(x, width, last):
-      x = nn.Dense(width, use_bias=not self.batchnorm)(x)
-      if self.batchnorm:
-        x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5,
-                         use_bias=not last)(x)
+      norm = self.batchnorm and (self.output_batchnorm or not last)
+      x = nn.Dense(width, use_bias=not norm)(x)
+      if norm:
+        x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
+                         epsilon=self.bn_epsilon, use_bias=not last)(x)
       return x if last else nn.relu(x)
     for _ in range(self.num_layers - 1):
       h = layer(h, self.hidden_dim, last=False)

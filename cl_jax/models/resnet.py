@@ -52,6 +52,8 @@ class ResNet(nn.Module):
   block: type
   stem: str = "cifar"  # 'cifar' | 'imagenet'
   width: int = 64
+  bn_momentum: float = 0.9
+  bn_epsilon: float = 1e-5
 
   @property
   def min_image_size(self) -> int:
@@ -59,8 +61,8 @@ class ResNet(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-    norm = functools.partial(nn.BatchNorm, use_running_average=not train, momentum=0.9,
-                             epsilon=1e-5)
+    norm = functools.partial(nn.BatchNorm, use_running_average=not train,
+                             momentum=self.bn_momentum, epsilon=self.bn_epsilon)
     if self.stem == "imagenet":
       x = nn.relu(norm()(nn.Conv(self.width, (7, 7), (2, 2), use_bias=False)(x)))
       x = nn.max_pool(x, (3, 3), strides=(2, 2), padding="SAME")
