@@ -66,7 +66,8 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
     trained.append((run_dir.parent.name, config.seed))
     accuracy = 0.9 - 0.1 * config.data.random_bits / 5 + 0.01 * config.seed
     curve = [{"step": s, "label": accuracy * s / 4} for s in (2, 4)]
-    result = {"step": 4, "linear_eval": {"label": accuracy}, "metrics": {"alignment": 1.0},
+    result = {"step": 4, "linear_eval": {"label": accuracy},
+              "online_probe": {"label": accuracy - 0.5}, "metrics": {"alignment": 1.0},
               "curve": curve}
     run_dir.mkdir(parents=True)
     paths.write_json(run_dir / "eval.json", result)
@@ -76,7 +77,7 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
   spec_path = tmp_path / "spec.json"
   spec_path.write_text(json.dumps({**SPEC, "seeds": 2}))
   argv = ["sweep", "--config=configs/simclr_randbit.py", f"--sweep={spec_path}",
-          f"--workdir={tmp_path / 'sweep'}"]
+          f"--workdir={tmp_path / 'sweep'}", "--metric=online_probe/label"]
 
   def run(*extra):
     flags.FLAGS.unparse_flags()
@@ -89,7 +90,10 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
   assert [run["seed"] for run in rows[1]["runs"]] == [0, 1]
   np.testing.assert_allclose(rows[1]["linear_eval"]["label"], 0.805)
   np.testing.assert_allclose(rows[1]["linear_eval_std"]["label"], 0.01 / np.sqrt(2))
-  assert "| a | 5 | 0.805 ± 0.007 (2) |" in (tmp_path / "sweep" / "results.md").read_text()
+  np.testing.assert_allclose(rows[1]["online_probe"]["label"], 0.305)
+  assert "| a | 5 | 0.805 ± 0.007 (2) | 0.305 ± 0.007 (2) |" in (
+      tmp_path / "sweep" / "results.md").read_text()
+  assert sweep.table_metrics(rows) == ["label", "online_probe/label"]
   for png in ("results.png", "curves.png"):
     assert (tmp_path / "sweep" / png).stat().st_size > 1000
   trained.clear()

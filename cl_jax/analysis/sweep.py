@@ -14,8 +14,9 @@ Every grid point trains with seeds 0..S−1 (`"seeds"`, or --seeds) in
 <workdir>/<axis values joined by '_'>/seed<s> with the ordinary training loop; a rerun skips
 finished seeds and resumes unfinished ones. Reports, in <workdir>:
   results.json  one row per point: `runs` (each seed's eval.json), and the mean over seeds
-                (`linear_eval`, `metrics`) with the sample std (`linear_eval_std`, `metrics_std`)
-  results.md    the table, "mean ± std (n)"
+                (`linear_eval`, `online_probe`, `metrics`) with the sample std
+                (`linear_eval_std`, ...)
+  results.md    the table, "mean ± std (n)" of the linear-eval and online-probe accuracies
   results.png   accuracy of --metric against the last axis, one line per combination of the
                 others, error bars = std over seeds
   curves.png    (when the runs record probe curves) mean curve per point with a ±std band
@@ -37,7 +38,8 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file[:var
                                           lock_config=True)
 _SWEEP = flags.DEFINE_string("sweep", None, "JSON file with the sweep's axes.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep directory.")
-_METRIC = flags.DEFINE_string("metric", "label", "linear_eval key to plot.")
+_METRIC = flags.DEFINE_string("metric", "label", "What results.png shows: a linear_eval key "
+                              "('label') or 'online_probe/<label>'.")
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per grid point (default: the sweep file's "
                               "\"seeds\", else 1).")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
@@ -76,29 +78,49 @@ def _mean_std(dicts: Sequence[dict]):
           {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()})
 
 
+SECTIONS = ("linear_eval", "online_probe", "metrics")  # the eval.json parts that are averaged
+
+
 def aggregate(name: str, labels: dict, overrides: dict, runs: Sequence[dict]) -> dict:
-  """One results row for a grid point from its seeds' eval.json dicts (each with `seed`)."""
-  linear, linear_std = _mean_std([r["linear_eval"] for r in runs])
-  metrics, metrics_std = _mean_std([r.get("metrics", {}) for r in runs])
-  return {"name": name, "point": labels, "overrides": overrides, "n": len(runs),
-          "linear_eval": linear, "linear_eval_std": linear_std,
-          "metrics": metrics, "metrics_std": metrics_std, "runs": list(runs)}
+  """One results row for a grid point from its seeds' eval.json dicts (each with `seed`): for
+  every section, the mean over seeds and (as `<section>_std`) the sample std."""
+  row = {"name": name, "point": labels, "overrides": overrides, "n": len(runs)}
+  for section in SECTIONS:
+    row[section], row[f"{section}_std"] = _mean_std([r.get(section, {}) for r in runs])
+  return {**row, "runs": list(runs)}
+
+
+def _lookup(row, metric: str):
+  """(mean, std) of `metric`: a linear_eval key ('label') or 'section/key'
+  ('online_probe/label'); (None, None) when the row lacks it."""
+  section, key = metric.split("/") if "/" in metric else ("linear_eval", metric)
+  return row.get(section, {}).get(key), row.get(f"{section}_std", {}).get(key)
+
+
+def table_metrics(rows) -> list[str]:
+  """The linear-eval keys, then the online-probe ones as 'online_probe/<label>'."""
+  linear = sorted({m for r in rows for m in r["linear_eval"]})
+  online = sorted({m for r in rows for m in r.get("online_probe", {})})
+  return linear + [f"online_probe/{m}" for m in online]
 
 
 def markdown_table(rows, axes, metrics) -> str:
-  """Axis values, then "mean ± std (n)" of every linear-eval metric."""
-  header = "| " + " | ".join(list(axes) + [f"{m} acc" for m in metrics]) + " |"
-  lines = [header, "|" + "---|" * (len(axes) + len(metrics))]
+  """Axis values, then "mean ± std (n)" of every metric (see `_lookup`)."""
+  titles = [f"{m.replace('online_probe/', 'online ')} acc" for m in metrics]
+  lines = ["| " + " | ".join(list(axes) + titles) + " |",
+           "|" + "---|" * (len(axes) + len(metrics))]
   for r in rows:
     cells = [r["point"][a] for a in axes]
-    cells += [f"{r['linear_eval'][m]:.3f} ± {r['linear_eval_std'][m]:.3f} ({r['n']})"
-              if m in r["linear_eval"] else "–" for m in metrics]
+    for m in metrics:
+      mean, std = _lookup(r, m)
+      cells.append("–" if mean is None else f"{mean:.3f} ± {std:.3f} ({r['n']})")
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines)
 
 
 def plot(rows, axes, metric: str, path):
-  """Mean accuracy of `metric` against the last axis, error bars = std over seeds."""
+  """Mean accuracy of `metric` (see `_lookup`) against the last axis, error bars = std over
+  seeds."""
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -106,15 +128,14 @@ def plot(rows, axes, metric: str, path):
   series = {}
   for r in rows:
     key = ", ".join(f"{a}={r['point'][a]}" for a in series_axes)
-    series.setdefault(key, []).append((r["point"][x_axis], r["linear_eval"].get(metric),
-                                       r["linear_eval_std"].get(metric)))
+    series.setdefault(key, []).append((r["point"][x_axis], *_lookup(r, metric)))
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for key, values in series.items():
     ax.errorbar([v[0] for v in values], [v[1] for v in values], yerr=[v[2] for v in values],
                 marker="o", capsize=3, label=key or metric)
   n = sorted({r["n"] for r in rows})
   ax.set_xlabel(x_axis)
-  ax.set_ylabel(f"linear eval: {metric} (test accuracy)")
+  ax.set_ylabel(f"{metric if '/' in metric else 'linear_eval/' + metric} (test accuracy)")
   ax.set_title(f"mean ± std over {'/'.join(map(str, n))} seed(s)", fontsize=9)
   ax.set_ylim(0, 1.02)
   ax.grid(alpha=0.3)
@@ -154,8 +175,7 @@ def main(argv):
     runs = run_point(_CONFIG.value, overrides, seeds, workdir / name)
     rows.append(aggregate(name, labels, overrides, runs))
     jax.clear_caches()  # the persistent cache keeps the compiled programs
-  metrics = sorted({m for r in rows for m in r["linear_eval"]})
-  table = markdown_table(rows, spec["axes"], metrics)
+  table = markdown_table(rows, spec["axes"], table_metrics(rows))
   paths.write_json(workdir / "results.json", rows)
   (workdir / "results.md").write_text(table + "\n")
   plot(rows, spec["axes"], _METRIC.value, workdir / "results.png")
