@@ -6,7 +6,7 @@ import pytest
 from absl import flags
 
 from cl_jax import paths
-from cl_jax.analysis import sweep
+from cl_jax.analysis import embeddings, sweep
 from configs import simclr_randbit
 
 SPEC = {"axes": {"loss": {"a": {"loss.temperature": 0.1}, "b": {"loss.temperature": 0.5}},
@@ -71,6 +71,8 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
               "curve": curve}
     run_dir.mkdir(parents=True)
     paths.write_json(run_dir / "eval.json", result)
+    embeddings.plot_embeddings(np.random.default_rng(0).normal(size=(40, 3)),
+                               {"label": np.arange(40) % 3}, run_dir / "embeddings.png")
     return result
 
   monkeypatch.setattr(sweep.train, "train_and_evaluate", fake_train)
@@ -94,6 +96,12 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
   assert "| a | 5 | 0.805 ± 0.007 (2) | 0.305 ± 0.007 (2) |" in (
       tmp_path / "sweep" / "results.md").read_text()
   assert sweep.table_metrics(rows) == ["label", "online_probe/label"]
+  _, title, pivot = (tmp_path / "sweep" / "results.md").read_text().split("\n\n")
+  assert title == "online_probe/label (mean ± std over seeds)"
+  assert pivot.splitlines() == ["| loss \\ bits | 0 | 5 |", "|---|---|---|",
+                       "| a | 0.405 ± 0.007 | 0.305 ± 0.007 |",
+                       "| b | 0.405 ± 0.007 | 0.305 ± 0.007 |"]
+  assert (tmp_path / "sweep" / "embeddings.png").stat().st_size > 10000
   for png in ("results.png", "curves.png"):
     assert (tmp_path / "sweep" / png).stat().st_size > 1000
   trained.clear()

@@ -20,6 +20,8 @@ finished seeds and resumes unfinished ones. Reports, in <workdir>:
   results.png   accuracy of --metric against the last axis, one line per combination of the
                 others, error bars = std over seeds
   curves.png    (when the runs record probe curves) mean curve per point with a ±std band
+  embeddings.png  every point's embeddings.png (seed 0) in one figure
+Two-axis sweeps also get the paper's layout in results.md: first axis down, second across.
 The runs share decoded data, and a persistent compilation cache in <workdir>/.jax_cache, so a
 program (one per shape: seeds and temperatures are traced arguments) compiles once.
 """
@@ -118,6 +120,45 @@ def markdown_table(rows, axes, metrics) -> str:
   return "\n".join(lines)
 
 
+def pivot_table(rows, axes, metric: str) -> str:
+  """For a two-axis sweep, the paper's layout: first axis down, second across, cells "mean ± std"
+  of `metric` (e.g. SPEC §2.1's τ × bits table)."""
+  down, across = list(axes)
+  columns = list(axes[across])
+  lines = [f"{metric} (mean ± std over seeds)", "",
+           f"| {down} \\ {across} | " + " | ".join(columns) + " |",
+           "|---|" + "---|" * len(columns)]
+  cells = {(r["point"][down], r["point"][across]): _lookup(r, metric) for r in rows}
+  for value in axes[down]:
+    entries = [cells.get((value, c), (None, None)) for c in columns]
+    lines.append(f"| {value} | " + " | ".join(
+        "–" if m is None else f"{m:.3f} ± {sd:.3f}" for m, sd in entries) + " |")
+  return "\n".join(lines)
+
+
+def collect_embeddings(rows, workdir, path):
+  """One figure of every grid point's embeddings.png (seed 0), titled by the point."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.image as mpimg  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  found = [(r["name"], workdir / r["name"] / "seed0" / "embeddings.png") for r in rows]
+  found = [(name, png) for name, png in found if png.exists()]
+  if not found:
+    return
+  cols = min(len(found), 3)
+  rows_n = -(-len(found) // cols)
+  fig, axes = plt.subplots(rows_n, cols, figsize=(6 * cols, 5.5 * rows_n), squeeze=False)
+  for ax in axes.flat:
+    ax.axis("off")
+  for ax, (name, png) in zip(axes.flat, found):
+    with png.open("rb") as f:
+      ax.imshow(mpimg.imread(f, format="png"))
+    ax.set_title(name, fontsize=10)
+  fig.tight_layout()
+  paths.save_figure(fig, path, dpi=100)
+
+
 def plot(rows, axes, metric: str, path):
   """Mean accuracy of `metric` (see `_lookup`) against the last axis, error bars = std over
   seeds."""
@@ -176,6 +217,8 @@ def main(argv):
     rows.append(aggregate(name, labels, overrides, runs))
     jax.clear_caches()  # the persistent cache keeps the compiled programs
   table = markdown_table(rows, spec["axes"], table_metrics(rows))
+  if len(spec["axes"]) == 2:
+    table += "\n\n" + pivot_table(rows, spec["axes"], _METRIC.value)
   paths.write_json(workdir / "results.json", rows)
   (workdir / "results.md").write_text(table + "\n")
   plot(rows, spec["axes"], _METRIC.value, workdir / "results.png")
@@ -183,6 +226,7 @@ def main(argv):
                   if all("curve" in run for run in r["runs"])}
   if point_curves:
     curves.plot_curves(point_curves, workdir / "curves.png")
+  collect_embeddings(rows, workdir, workdir / "embeddings.png")
   print(table)
 
 
