@@ -127,6 +127,35 @@ def linear_eval(model, variables, train: Split, test: Split, config, mesh) -> Ma
   return probe_all_labels(train_features, test_features, num_classes, config.eval)
 
 
+@functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk"))
+def knn_predict(train_x, train_y, test_x, *, num_classes: int, k: int, temperature: float,
+                chunk: int = 1024):
+  """Weighted k-NN classifier (Wu et al. 2018 InstDisc; solo-learn's k-NN monitor): cosine
+  similarities s_ij = x̂_i·x̂_j to the train features, the k most similar vote for their class
+  with weight exp(s_ij / temperature); the prediction is the class with the largest total vote.
+  Test rows are processed `chunk` at a time (memory O(chunk · N_train))."""
+  train_x, test_x = losses.l2_normalize(train_x), losses.l2_normalize(test_x)
+  k = min(k, train_x.shape[0])
+  pad = -test_x.shape[0] % chunk
+  chunks = jnp.pad(test_x, ((0, pad), (0, 0))).reshape(-1, chunk, test_x.shape[1])
+
+  def predict(x):
+    similarity, neighbours = jax.lax.top_k(x @ train_x.T, k)
+    votes = jax.nn.one_hot(train_y[neighbours], num_classes) * jnp.exp(
+        similarity / temperature)[..., None]
+    return jnp.argmax(votes.sum(axis=1), axis=-1)
+  return jax.lax.map(predict, chunks).reshape(-1)[:test_x.shape[0]]
+
+
+def knn_accuracies(train_features, test_features, num_classes, eval_config) -> dict:
+  """{label: test accuracy of the weighted k-NN classifier} on the raw features h."""
+  (train_h, train_y), (test_h, test_y) = train_features, test_features
+  return {name: float(np.mean(np.asarray(knn_predict(
+      train_h, train_y[name], test_h, num_classes=n, k=eval_config.knn_k,
+      temperature=eval_config.knn_temperature)) == test_y[name]))
+          for name, n in num_classes.items()}
+
+
 def representation_metrics(z1: jax.Array, z2: jax.Array) -> dict:
   """Wang & Isola (2020) alignment and uniformity, and the effective rank (SPEC §1.8), of the
   embeddings z of two views (N×d each)."""

@@ -376,13 +376,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
   train_features, test_features, num_classes, online = evaluate.extract_train_and_test(
       model, variables, train_split, test_split, config, mesh)
   linear = evaluate.probe_all_labels(train_features, test_features, num_classes, config.eval)
+  knn = evaluate.knn_accuracies(train_features, test_features, num_classes, config.eval)
   representation = evaluate.test_representation_metrics(model, variables, test_split, config,
                                                         mesh)
   writer.write_scalars(num_steps, {**{f"linear_eval/{k}": v for k, v in linear.items()},
                                    **{f"online_probe/{k}": v for k, v in online.items()},
+                                   **{f"knn/{k}": v for k, v in knn.items()},
                                    **{f"test_metrics/{k}": v for k, v in representation.items()}})
   writer.flush()
-  result = {"step": num_steps, "linear_eval": linear, "online_probe": online,
+  result = {"step": num_steps, "linear_eval": linear, "online_probe": online, "knn": knn,
             "metrics": representation}
   if curve:
     result["curve"] = curve
@@ -395,7 +397,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
     embeddings.plot_embeddings(*test_features, workdir / "embeddings.png", seed=config.seed,
                                title=f"{workdir.name}: test features h at step {num_steps}")
     paths.write_json(workdir / "eval.json", result)
-  logging.info("Test accuracy at step %d (linear eval | online probe):\n%s", num_steps,
-               "\n".join(f"  {k:<14} {v:.4f}" + (f" | {online[k]:.4f}" if k in online else "")
-                         for k, v in linear.items()))
+  logging.info("Test accuracy at step %d (linear eval | online probe | %d-NN):\n%s", num_steps,
+               config.eval.knn_k, "\n".join(
+                   f"  {k:<14} {v:.4f}" + (f" | {online[k]:.4f} | {knn[k]:.4f}" if k in online
+                                           else "") for k, v in linear.items()))
   return result

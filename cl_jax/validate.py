@@ -96,6 +96,10 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   if not config.eval.l2 >= 0:
     raise ConfigError(f"eval.l2={config.eval.l2!r} must be >= 0: it is the L2 penalty (l2/2)·‖W‖² "
                       "of the linear probe on standardised features (default 1e-3).")
+  if not isinstance(config.eval.knn_k, int) or config.eval.knn_k <= 0:
+    raise ConfigError(f"eval.knn_k={config.eval.knn_k!r} must be a positive number of neighbours "
+                      "for the k-NN accuracy (default 200).")
+  _positive("eval.knn_temperature", config.eval.knn_temperature)
   if not isinstance(config.eval.probe_steps, int) or config.eval.probe_steps <= 0:
     raise ConfigError(f"eval.probe_steps={config.eval.probe_steps!r} must be a positive number of "
                       "L-BFGS iterations for the linear probe (default 200); with 0 the probe "

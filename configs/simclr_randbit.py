@@ -72,6 +72,8 @@ def get_config(arg=None):
   c.eval.l2 = 1e-3                 # L2 penalty of the linear probe (standardised features)
   c.eval.probe_steps = 200         # L-BFGS iterations
   c.eval.every_steps = 0           # > 0: linear-probe curve during training (learn/unlearn)
+  c.eval.knn_k = 200               # weighted k-NN on cosine similarity of h (InstDisc)
+  c.eval.knn_temperature = 0.07    # vote weight exp(similarity / knn_temperature)
 
   if arg == "mnist":  # the randbits_mnist colab: batch 1000, 10 epochs, Adam 1e-3 linear decay
     c.data.dataset = "mnist"

@@ -28,6 +28,7 @@ def test_embedded_digits_end_to_end(digits_config, tmp_path):
   assert set(result["linear_eval"]) == {"label", "bits"}
   assert 0.0 <= result["linear_eval"]["label"] <= 1.0
   assert set(result["online_probe"]) == {"label"} and 0 <= result["online_probe"]["label"] <= 1
+  assert set(result["knn"]) == {"label"} and 0 <= result["knn"]["label"] <= 1
   assert set(result["metrics"]) == {"alignment", "uniformity", "effective_rank"}
   assert (tmp_path / "embeddings.png").stat().st_size > 5000
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
@@ -98,6 +99,7 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
     ("model.conv_padding", "FULL", "model.conv_padding='FULL' is not one of: SAME, VALID"),
     ("model.bn_momentum", 1.0, r"model.bn_momentum=1.0 must be in \[0, 1\)"),
     ("loss.kernel_l2", -1e-4, "loss.kernel_l2=-0.0001 must be >= 0"),
+    ("eval.knn_k", 0, "eval.knn_k=0 must be a positive number of neighbours"),
     ("optim.name", "rmsprop", "optim.name='rmsprop' is not one of: adam, sgd, lars"),
     ("data.random_bits", -1, r"data.random_bits=-1 must be in \[0, 30\]"),
     ("data.random_bits", 31, r"data.random_bits=31 must be in \[0, 30\]"),
@@ -178,7 +180,7 @@ def test_command_line_overrides_sigkill_and_sigterm_resume(tmp_path):
                         text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "step 40/40" in done.stderr and "ETA" in done.stderr
-  assert "Test accuracy at step 40 (linear eval | online probe)" in done.stderr
+  assert "Test accuracy at step 40 (linear eval | online probe | 200-NN)" in done.stderr
   uninterrupted = json.loads((tmp_path / "a" / "eval.json").read_text())
   assert set(uninterrupted["linear_eval"]) == {"label", "bits"}
   saved = json.loads((tmp_path / "a" / "checkpoints" / "40" / "config" / "metadata").read_text())
