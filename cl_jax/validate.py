@@ -45,6 +45,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
     raise ConfigError(f"data.image_size={data.image_size} is too small for model.encoder="
                       f"'{model.encoder}', which needs images of at least {min_size} px.")
   _check_scene(data)
+  if data.get("class_subset") and not paths.workdir_path(data.class_subset).exists():
+    raise ConfigError(f"data.class_subset={data.class_subset!r} does not exist: it must be a file "
+                      "of class names, one per line (e.g. configs/imagenet100_classes.txt).")
   if not 0 < data.crop_area_min <= 1:
     raise ConfigError(f"data.crop_area_min={data.crop_area_min} must be in (0, 1].")
   _positive("loss.temperature", config.loss.temperature)

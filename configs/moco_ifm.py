@@ -11,9 +11,11 @@ The embedded default uses the digits with random bits, so IFM's effect on suppre
 
 `:imagenet100` documents the paper's settings (ResNet-50, B = 512, SGD lr 0.8 (= 0.4·B/256,
 linear scaling), momentum 0.9, wd 1e-4, cosine, 200 epochs, m = 0.99, K = 65536, τ = 0.2,
-ε = 0.1). tfds has no ImageNet-100: it points at `imagenet2012`; build the 100-class subset
-(the CMC class list) as your own tfds dataset and set data.dataset to its name.
+ε = 0.1) on ImageNet-100: a prepared tfds `imagenet2012` restricted to the 100 classes of CMC's
+list (configs/imagenet100_classes.txt, via data.class_subset), relabelled 0..99.
 """
+import os
+
 from cl_jax.config_files import sibling
 
 
@@ -30,6 +32,7 @@ def get_config(arg=None):
   c.loss.ifm_epsilon = 0.1
   if arg == "imagenet100":
     c.data.dataset = "imagenet2012"
+    c.data.class_subset = os.path.join(os.path.dirname(__file__), "imagenet100_classes.txt")
     c.data.image_size = 224
     c.data.random_bits = 0
     c.data.crop_area_min = 0.2

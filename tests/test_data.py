@@ -203,3 +203,39 @@ def test_augmented_views_of_the_test_split_carry_the_test_bits(data_config):
   train_salted = next(pipeline.train_dataset(split, data_config, seed=0, batch_size=64,
                                              start_step=0, num_steps=1).as_numpy_iterator())
   assert not np.array_equal(decode_bits(train_salted["view1"], 1, k), want)
+
+
+def test_class_subset_keeps_the_listed_classes_relabelled_in_file_order(data_config, tmp_path):
+  subset = tmp_path / "classes.txt"
+  subset.write_text("# two digits\n7\n3  # a comment\n")
+  full = sources.load(data_config, "train")
+  data_config.class_subset = str(subset)
+  kept = sources.load(data_config, "train")
+  original = full.labels["label"]
+  np.testing.assert_array_equal(kept.images, full.images[(original == 7) | (original == 3)])
+  np.testing.assert_array_equal(kept.labels["label"],
+                                np.where(original == 7, 0, 1)[(original == 7) | (original == 3)])
+  assert kept.num_classes == {"label": 2}
+  subset.write_text("7\neleven\n")
+  with pytest.raises(sources.DataError, match=r"class_subset=.*1 of its 2 names are not classes"):
+    sources.load(data_config, "train")
+
+
+def test_imagenet100_subset_of_mock_imagenet2012():
+  """configs/moco_ifm.py:imagenet100 needs no manual step: a prepared imagenet2012 restricted to
+  the 100 CMC classes, relabelled 0..99 in the list's order (tfds mock data)."""
+  from configs import moco_ifm  # pylint: disable=g-import-not-at-top
+  config = moco_ifm.get_config("imagenet100").data
+  config.image_size = 8
+  names = sources.read_class_subset(config.class_subset)
+  assert len(names) == 100 and names[:2] == ["n02869837", "n01749939"]
+  with tfds.testing.mock_data(num_examples=300):
+    all_names = sources.label_names("imagenet2012", None)
+    full = sources.load_tfds("imagenet2012", "train", 8)
+    kept = sources.load(config, "train")
+  wanted = np.isin(np.array(all_names)[full.labels["label"]], names)
+  assert 0 < len(kept) == wanted.sum() < len(full)
+  expected = [names.index(all_names[y]) for y in full.labels["label"][wanted]]
+  np.testing.assert_array_equal(kept.labels["label"], expected)
+  np.testing.assert_array_equal(kept.images, full.images[wanted])
+  assert kept.num_classes == {"label": 100}

@@ -1,5 +1,8 @@
 """Where examples come from: the embedded scikit-learn digits, or any tfds image dataset.
 
+`data.class_subset` (a file of class names) restricts any of them to those classes, relabelled
+0..K−1 in the file's order (configs/imagenet100_classes.txt: ImageNet-1k → ImageNet-100).
+
 Every source is loaded into memory as a `Split`: uint8 images [N, S, S, C] resized to
 `data.image_size`, and integer labels (one array per label the dataset provides). This suits the
 datasets the papers' small-scale experiments use (digits, MNIST, CIFAR-10/100); datasets that do
@@ -177,6 +180,42 @@ def load_tfds(name: str, split: str, image_size: int, data_dir=None) -> Split:
 DIGIT_DATASETS = (EMBEDDED, IDX, "mnist")
 
 
+def read_class_subset(path) -> list[str]:
+  """Class names, one per line ('#' starts a comment), from a file such as
+  configs/imagenet100_classes.txt (any epath: local or a bucket)."""
+  from etils import epath  # pylint: disable=g-import-not-at-top
+  lines = epath.Path(path).read_text().splitlines()
+  return [line.split("#")[0].strip() for line in lines if line.split("#")[0].strip()]
+
+
+def label_names(dataset: str, data_dir) -> list[str]:
+  """The names of the `label` classes: tfds's ClassLabel names (WordNet IDs for imagenet2012);
+  '0'..'9' for the digit sources; '0'..'7' for the embedded photos."""
+  if dataset in (EMBEDDED, IDX):
+    return [str(i) for i in range(10)]
+  if dataset == PHOTOS:
+    return [str(i) for i in range(8)]
+  builder, _ = tfds_dataset(dataset, "train", data_dir)
+  return list(builder.info.features["label"].names)
+
+
+def restrict_to_classes(split: Split, names: list[str], subset: list[str], path) -> Split:
+  """The examples of `split` whose `label` is one of `subset`, relabelled 0..K−1 in the order of
+  `subset` (the file's order), e.g. ImageNet-1k → ImageNet-100."""
+  unknown = [c for c in subset if c not in names]
+  if unknown or len(set(subset)) != len(subset):
+    raise DataError(f"data.class_subset={path}: " + (
+        f"{len(unknown)} of its {len(subset)} names are not classes of this dataset (e.g. "
+        f"{', '.join(unknown[:3])}; the dataset's classes look like {', '.join(names[:3])}, …)."
+        if unknown else "it lists a class twice."))
+  new_label = np.full(len(names), -1, np.int32)
+  new_label[[names.index(c) for c in subset]] = np.arange(len(subset))
+  keep = new_label[split.labels["label"]] >= 0
+  labels = {k: v[keep] for k, v in split.labels.items()}
+  labels["label"] = new_label[split.labels["label"][keep]]
+  return Split(split.images[keep], labels, {**split.num_classes, "label": len(subset)})
+
+
 def class_and_subclass(split: Split, dataset: str) -> Split:
   """Coarse `label` (the class) and fine `subclass` labels for class-collapse studies (Xue et al.
   2023; SPEC §2.6): digits → label = (digit ≥ 5), subclass = digit; datasets with a
@@ -214,6 +253,10 @@ def load(data_config, split: str) -> Split:
                          data_config.data_dir)
   else:
     loaded = load_tfds(data_config.dataset, split, data_config.image_size, data_config.data_dir)
+  if data_config.get("class_subset"):
+    loaded = restrict_to_classes(loaded, label_names(data_config.dataset, data_config.data_dir),
+                                 read_class_subset(data_config.class_subset),
+                                 data_config.class_subset)
   if data_config.coarse_labels:
     return class_and_subclass(loaded, data_config.dataset)
   return loaded
