@@ -34,6 +34,7 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
     raise ConfigError(f"data.random_bits={data.random_bits} must be in [0, "
                       f"{features.MAX_RANDOM_BITS}] (one constant input channel per bit).")
   _choice("model.conv_padding", model.conv_padding, ("SAME", "VALID"))
+  _choice("model.dtype", model.dtype, sorted(models.DTYPES))
   if not 0 <= model.bn_momentum < 1:
     raise ConfigError(f"model.bn_momentum={model.bn_momentum} must be in [0, 1) (the weight of "
                       "the old running statistics: 0.9 flax/PyTorch convention, 0.99 Keras).")

@@ -43,6 +43,7 @@ def get_config(arg=None):
   c.model.conv_padding = "SAME"    # convnet: SAME (flatten 4·4·64 at 28 px) | VALID (colab, 2·2·64)
   c.model.bn_momentum = 0.9        # every BatchNorm; Keras (the colab): 0.99
   c.model.bn_epsilon = 1e-5        # Keras: 1e-3
+  c.model.dtype = "float32"        # bfloat16: bf16 activations; params, BN stats, losses float32
 
   c.loss = ml_collections.ConfigDict()
   c.loss.name = "ntxent"

@@ -13,7 +13,7 @@ def _model(encoder, head_layers=2, embed_dim=8):
   return models.create_model(ml_collections.ConfigDict(dict(
       encoder=encoder, head_layers=head_layers, head_hidden_dim=16, embed_dim=embed_dim,
       head_batchnorm=True, head_output_batchnorm=True, conv_padding="SAME", bn_momentum=0.9,
-      bn_epsilon=1e-5)),
+      bn_epsilon=1e-5, dtype="float32")),
       {"label": 10})
 
 
@@ -118,3 +118,54 @@ def test_lars_skips_trust_ratio_and_decay_on_masked_params():
   decayed = 1.0 + 0.1 * 10.0                    # g + wd·p per element
   trust = 1e-3 * 10.0 / decayed                 # η·‖p‖/‖g + wd·p‖ (same √2 factors cancel)
   np.testing.assert_allclose(updates["encoder"]["Conv_0"]["kernel"], -trust * decayed, rtol=1e-5)
+
+
+def test_bfloat16_step_is_close_to_float32_and_learns():
+  """model.dtype=bfloat16: parameters, BatchNorm statistics, h, z and the loss stay float32; the
+  loss at the same parameters is within 0.2% of float32 (measured 1e-4: bf16 keeps 8
+  significant bits, ≈0.4% error per activation, averaged over the batch by the loss), the
+  gradients point the same way (cosine > 0.98; measured 0.990: per-entry bf16 noise), and 20 Adam
+  steps lower the loss as float32's do."""
+  from cl_jax import train  # pylint: disable=g-import-not-at-top
+  from configs import simclr_randbit  # pylint: disable=g-import-not-at-top
+  config = simclr_randbit.get_config()
+  rng = np.random.default_rng(0)
+  batch = {"view1": jnp.asarray(rng.uniform(size=(32, 16, 16, 3)), jnp.float32),
+           "view2": jnp.asarray(rng.uniform(size=(32, 16, 16, 3)), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 10, 32))}
+  models_by_dtype, losses_by_dtype, grads = {}, {}, {}
+  for dtype in ("float32", "bfloat16"):
+    config.model.dtype = dtype
+    models_by_dtype[dtype] = models.create_model(config.model, {"label": 10})
+  variables = models_by_dtype["float32"].init(jax.random.PRNGKey(0), batch["view1"], train=False)
+  for dtype, model in models_by_dtype.items():
+    (total, (metrics, stats, _)), g = jax.value_and_grad(train.compute_loss, has_aux=True)(
+        variables["params"], variables["batch_stats"], batch, None, model=model,
+        loss_config=config.loss)
+    assert total.dtype == jnp.float32 and metrics["loss"].dtype == jnp.float32
+    assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((g, stats)))
+    losses_by_dtype[dtype], grads[dtype] = float(metrics["loss"]), g
+  np.testing.assert_allclose(losses_by_dtype["bfloat16"], losses_by_dtype["float32"], rtol=2e-3)
+  flat = {d: jnp.concatenate([x.ravel() for x in jax.tree.leaves(g)]) for d, g in grads.items()}
+  cosine = flat["float32"] @ flat["bfloat16"] / (
+      jnp.linalg.norm(flat["float32"]) * jnp.linalg.norm(flat["bfloat16"]))
+  assert cosine > 0.98, cosine
+  h, z, _ = models_by_dtype["bfloat16"].apply(variables, batch["view1"], train=False)
+  assert h.dtype == z.dtype == jnp.float32
+
+  tx = optim.create_optimizer(config.optim, lambda _: 1e-3)
+  trajectory = {}
+  for dtype, model in models_by_dtype.items():
+    state = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
+                                    batch_stats=variables["batch_stats"], tx=tx)
+    step = jax.jit(lambda s, b, model=model: train.train_step(
+        s, b, train.traced_hyperparameters(config), model=model, loss_config=config.loss,
+        schedule=lambda _: 1e-3))
+    values = []
+    for _ in range(20):
+      state, metrics = step(state, batch)
+      values.append(float(metrics["loss"]))
+    assert jax.tree.leaves(state.params)[0].dtype == jnp.float32
+    trajectory[dtype] = values
+  assert trajectory["bfloat16"][-1] < 0.7 * trajectory["bfloat16"][0]
+  np.testing.assert_allclose(trajectory["bfloat16"][-1], trajectory["float32"][-1], rtol=0.1)

@@ -100,6 +100,7 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
     ("model.bn_momentum", 1.0, r"model.bn_momentum=1.0 must be in \[0, 1\)"),
     ("loss.kernel_l2", -1e-4, "loss.kernel_l2=-0.0001 must be >= 0"),
     ("eval.knn_k", 0, "eval.knn_k=0 must be a positive number of neighbours"),
+    ("model.dtype", "float16", "model.dtype=.float16. is not one of: bfloat16, float32"),
     ("optim.name", "rmsprop", "optim.name='rmsprop' is not one of: adam, sgd, lars"),
     ("data.random_bits", -1, r"data.random_bits=-1 must be in \[0, 30\]"),
     ("data.random_bits", 31, r"data.random_bits=31 must be in \[0, 30\]"),

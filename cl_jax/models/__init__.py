@@ -2,6 +2,7 @@
 import functools
 from typing import Mapping
 
+import jax.numpy as jnp
 import ml_collections
 
 from cl_jax.models.convnet import ConvNet
@@ -17,9 +18,14 @@ ENCODERS = {
 }
 
 
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 def create_encoder(model_config: ml_collections.ConfigDict):
-  """The encoder of `model_config` with its BatchNorm settings (and padding, for the ConvNet)."""
-  kwargs = dict(bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon)
+  """The encoder of `model_config` with its BatchNorm settings, computation dtype (and padding,
+  for the ConvNet)."""
+  kwargs = dict(bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon,
+                dtype=DTYPES[model_config.dtype])
   if model_config.encoder == "convnet":
     kwargs["padding"] = model_config.conv_padding
   return ENCODERS[model_config.encoder](**kwargs)
@@ -36,5 +42,6 @@ def create_model(model_config: ml_collections.ConfigDict,
                           batchnorm=model_config.head_batchnorm,
                           output_batchnorm=model_config.head_output_batchnorm,
                           bn_momentum=model_config.bn_momentum,
-                          bn_epsilon=model_config.bn_epsilon),
-      probe_classes=dict(probe_classes))
+                          bn_epsilon=model_config.bn_epsilon,
+                          dtype=DTYPES[model_config.dtype]),
+      probe_classes=dict(probe_classes), dtype=DTYPES[model_config.dtype])

@@ -1,8 +1,9 @@
 """The small ConvNet of the SimCLR random-bits colab (SPEC §3)."""
-from typing import Sequence
+from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 class ConvNet(nn.Module):
@@ -18,6 +19,7 @@ class ConvNet(nn.Module):
   padding: str = "SAME"
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @property
   def min_image_size(self) -> int:
@@ -26,10 +28,10 @@ class ConvNet(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> jax.Array:
     norm = lambda: nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                                epsilon=self.bn_epsilon)
+                                epsilon=self.bn_epsilon, dtype=self.dtype)
     for width in self.widths:
       x = nn.relu(norm()(nn.Conv(width, (3, 3), strides=(2, 2), padding=self.padding,
-                                 use_bias=False)(x)))
+                                 use_bias=False, dtype=self.dtype)(x)))
     self.sow("intermediates", "feature_map", x)  # local features (analysis.local_features)
     x = x.reshape((x.shape[0], -1))
-    return nn.relu(norm()(nn.Dense(self.hidden_dim, use_bias=False)(x)))
+    return nn.relu(norm()(nn.Dense(self.hidden_dim, use_bias=False, dtype=self.dtype)(x)))

@@ -1,8 +1,9 @@
 """Projection head (SPEC §3) and the model that ties encoder, head and online probes together."""
-from typing import Mapping
+from typing import Any, Mapping
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 
 class ProjectionHead(nn.Module):
@@ -17,15 +18,16 @@ class ProjectionHead(nn.Module):
   output_batchnorm: bool = True
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
+  dtype: Any = jnp.float32  # computation dtype; parameters stay float32
 
   @nn.compact
   def __call__(self, h: jax.Array, train: bool) -> jax.Array:
     def layer(x, width, last):
       norm = self.batchnorm and (self.output_batchnorm or not last)
-      x = nn.Dense(width, use_bias=not norm)(x)
+      x = nn.Dense(width, use_bias=not norm, dtype=self.dtype)(x)
       if norm:
         x = nn.BatchNorm(use_running_average=not train, momentum=self.bn_momentum,
-                         epsilon=self.bn_epsilon, use_bias=not last)(x)
+                         epsilon=self.bn_epsilon, use_bias=not last, dtype=self.dtype)(x)
       return x if last else nn.relu(x)
     for _ in range(self.num_layers - 1):
       h = layer(h, self.hidden_dim, last=False)
@@ -35,16 +37,20 @@ class ProjectionHead(nn.Module):
 class ContrastiveModel(nn.Module):
   """encoder x → h; head h → z; online linear probes on stop_gradient(h), one per label.
 
-  Returns (h, z, {label_name: logits}).
+  Returns (h, z, {label_name: logits}), all float32: with `dtype` bfloat16 the encoder and head
+  compute in bf16 (parameters and BatchNorm statistics stay float32), and h and z are cast back
+  so that losses, similarity matrices and probe logits are float32.
   """
   encoder: nn.Module
   head: ProjectionHead
   probe_classes: Mapping[str, int]
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool):
-    h = self.encoder(x, train=train)
-    z = self.head(h, train=train)
+    h = self.encoder(x.astype(self.dtype), train=train)
+    z = self.head(h, train=train).astype(jnp.float32)
+    h = h.astype(jnp.float32)
     frozen = jax.lax.stop_gradient(h)
     logits = {name: nn.Dense(n, name=f"probe_{name}")(frozen)
               for name, n in self.probe_classes.items()}
