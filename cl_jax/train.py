@@ -85,8 +85,22 @@ def create_train_state(model, tx, input_shape, seed: int, mesh: Mesh,
       jax.random.PRNGKey(seed))
 
 
+def grouped_apply(model, variables, x, groups: int):
+  """`model` in training mode on `groups` equal consecutive slices of the batch x, each slice
+  normalised by its own BatchNorm statistics (a vmap over slices: the per-GPU BatchNorm of
+  PyTorch DDP). Returns the outputs in batch order and the BatchNorm running averages averaged
+  over the slices: m·old + (1 − m)·mean_g(stats_g)."""
+  if groups == 1:
+    return model.apply(variables, x, train=True, mutable=["batch_stats"])
+  slices = x.reshape(groups, x.shape[0] // groups, *x.shape[1:])
+  outputs, updated = jax.vmap(
+      lambda xs: model.apply(variables, xs, train=True, mutable=["batch_stats"]))(slices)
+  return (jax.tree.map(lambda o: o.reshape(-1, *o.shape[2:]), outputs),
+          jax.tree.map(lambda s: s.mean(axis=0), updated))
+
+
 def compute_loss(params, batch_stats, batch, key, *, model, loss_config, momentum=None,
-                 concat_views=True):
+                 concat_views=True, bn_groups=1):
   """Contrastive loss on the global batch + online-probe cross-entropy on stop_gradient(h)
   (+ loss.kernel_l2·Σ‖W‖² over the kernels when set). (Representation metrics are not computed
   here: `batch_metrics` does it on log steps only.)
@@ -95,18 +109,21 @@ def compute_loss(params, batch_stats, batch, key, *, model, loss_config, momentu
   statistics over 2B); concat_views=False: one view at a time (BatchNorm statistics per view, the
   running averages updated by view 1, then view 2 — as Keras does for two calls). MoCo: queries
   from view1, keys from view2 through the momentum encoder (`momentum`: its params/batch_stats
-  and the queue).
+  and the queue), with shuffle-BN (He et al. 2020): BatchNorm over `bn_groups` slices, the
+  queries' in batch order, the keys' after a random permutation of the batch (undone after), so
+  a query and its positive key never share BatchNorm statistics.
   Returns (total, (metrics, new_batch_stats, (new_key_batch_stats, keys) or None)).
   """
   n = batch["view1"].shape[0]
   variables = {"params": params, "batch_stats": batch_stats}
   moco_out = None
   if loss_config.name == "moco":
-    (_, z, probe_logits), updated = model.apply(variables, batch["view1"], train=True,
-                                                mutable=["batch_stats"])
-    (_, keys, _), key_updated = model.apply(
-        {"params": momentum["params"], "batch_stats": momentum["batch_stats"]}, batch["view2"],
-        train=True, mutable=["batch_stats"])
+    (_, z, probe_logits), updated = grouped_apply(model, variables, batch["view1"], bn_groups)
+    shuffle = jax.random.permutation(jax.random.fold_in(key, 0x5B), n)
+    (_, shuffled_keys, _), key_updated = grouped_apply(
+        model, {"params": momentum["params"], "batch_stats": momentum["batch_stats"]},
+        batch["view2"][shuffle], bn_groups)
+    keys = jnp.zeros_like(shuffled_keys).at[shuffle].set(shuffled_keys)  # un-shuffle
     keys = losses.l2_normalize(jax.lax.stop_gradient(keys))
     contrastive = losses.moco_infonce(z, keys, momentum["queue"], loss_config.temperature,
                                       **losses.ifm_kwargs(loss_config))
@@ -153,6 +170,13 @@ def batch_metrics(state: TrainState, batch, *, model) -> dict:
   return evaluate.representation_metrics(z[:n], z[n:])
 
 
+def moco_bn_groups(config, mesh) -> int:
+  """MoCo's shuffle-BN groups: loss.bn_groups, or (0) one per device and at least 2."""
+  if config.loss.name != "moco":
+    return 1
+  return config.loss.bn_groups or max(2, mesh.devices.size)
+
+
 def momentum_update(key_params, params, m: float):
   """EMA of the key encoder (MoCo): θ_k ← m·θ_k + (1 − m)·θ_q."""
   return jax.tree.map(lambda k, q: m * k + (1.0 - m) * q, key_params, params)
@@ -174,7 +198,7 @@ def traced_hyperparameters(config: ml_collections.ConfigDict) -> dict:
 
 
 def train_step(state: TrainState, batch, hyper: dict, *, model, loss_config, schedule,
-               concat_views=True):
+               concat_views=True, bn_groups=1):
   """One optimizer step. `hyper` = `traced_hyperparameters(config)`. The step's PRNG key is
   fold_in(base_key, step): resumable. MoCo: the key encoder is first moved towards the current
   query encoder (as in MoCo's forward pass), then its keys of this batch are enqueued."""
@@ -188,7 +212,7 @@ def train_step(state: TrainState, batch, hyper: dict, *, model, loss_config, sch
   grad_fn = jax.value_and_grad(compute_loss, has_aux=True)
   (total, (metrics, batch_stats, moco_out)), grads = grad_fn(
       state.params, state.batch_stats, batch, key, model=model, loss_config=loss_config,
-      momentum=momentum, concat_views=concat_views)
+      momentum=momentum, concat_views=concat_views, bn_groups=bn_groups)
   metrics["finite"] = jnp.isfinite(total) & jnp.isfinite(optax.tree.norm(grads))
   if momentum is not None:
     key_batch_stats, keys = moco_out
@@ -295,7 +319,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
 
   # ---- Jitted step, writers, progress.
   step_fn = jax.jit(functools.partial(train_step, model=model, loss_config=config.loss,
-                                      schedule=schedule, concat_views=config.train.concat_views),
+                                      schedule=schedule, concat_views=config.train.concat_views,
+                                      bn_groups=moco_bn_groups(config, mesh)),
                     donate_argnums=(0,))
   hyper = traced_hyperparameters(config)
   metrics_fn = jax.jit(functools.partial(batch_metrics, model=model))

@@ -62,12 +62,17 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
     if not 0 <= config.loss.beta <= 1:
       raise ConfigError(f"loss.beta={config.loss.beta} must be in [0, 1].")
   if config.loss.name == "moco":
-    missing = [f for f in ("momentum", "queue_size") if f not in config.loss]
+    missing = [f for f in ("momentum", "queue_size", "bn_groups") if f not in config.loss]
     if missing:
       raise ConfigError(f"loss.name='moco' needs loss.{', loss.'.join(missing)}; start from "
                         "configs/moco_ifm.py, which defines them.")
     if not 0 <= config.loss.momentum < 1:
       raise ConfigError(f"loss.momentum={config.loss.momentum} must be in [0, 1).")
+    groups = config.loss.bn_groups or max(2, num_devices)
+    if config.loss.bn_groups < 0 or train.batch_size % groups:
+      raise ConfigError(f"loss.bn_groups={config.loss.bn_groups} gives {groups} shuffle-BN "
+                        f"groups, which must divide train.batch_size={train.batch_size} (0 = one "
+                        "per device, at least 2).")
     if config.loss.queue_size <= 0 or config.loss.queue_size % train.batch_size:
       raise ConfigError(f"loss.queue_size={config.loss.queue_size} must be a positive multiple "
                         f"of train.batch_size={train.batch_size} (whole batches are enqueued).")

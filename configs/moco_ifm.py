@@ -6,7 +6,10 @@
       --config.data.data_dir=DIR
 
 Query encoder + momentum (EMA) key encoder, a FIFO queue of K keys in the train state (saved with
-checkpoints), InfoNCE with τ = 0.2 on [q·k⁺, q·queue], and a 2-layer MLP head without BN.
+checkpoints), InfoNCE with τ = 0.2 on [q·k⁺, q·queue], a 2-layer MLP head without BN, and
+shuffle-BN: BatchNorm statistics over loss.bn_groups slices of the batch, the keys' taken after a
+random permutation (MoCo's per-GPU BN with shuffled keys; global BN would let the batch statistics
+reveal the positive key).
 The embedded default uses the digits with random bits, so IFM's effect on suppression shows.
 
 `:imagenet100` documents the paper's settings (ResNet-50, B = 512, SGD lr 0.8 (= 0.4·B/256,
@@ -29,6 +32,7 @@ def get_config(arg=None):
   c.loss.temperature = 0.2
   c.loss.momentum = 0.99           # EMA of the key encoder
   c.loss.queue_size = 1024         # K keys; a multiple of train.batch_size
+  c.loss.bn_groups = 0             # shuffle-BN groups; 0 = one per device, at least 2
   c.loss.ifm_epsilon = 0.1
   if arg == "imagenet100":
     c.data.dataset = "imagenet2012"

@@ -14,9 +14,9 @@ Every grid point trains with seeds 0..S−1 (`"seeds"`, or --seeds) in
 <workdir>/<axis values joined by '_'>/seed<s> with the ordinary training loop; a rerun skips
 finished seeds and resumes unfinished ones. Reports, in <workdir>:
   results.json  one row per point: `runs` (each seed's eval.json), and the mean over seeds
-                (`linear_eval`, `online_probe`, `metrics`) with the sample std
+                (`linear_eval`, `online_probe`, `knn`, `metrics`) with the sample std
                 (`linear_eval_std`, ...)
-  results.md    the table, "mean ± std (n)" of the linear-eval and online-probe accuracies
+  results.md    the table, "mean ± std (n)" of the linear-eval, online-probe and k-NN accuracies
   results.png   accuracy of --metric against the last axis, one line per combination of the
                 others, error bars = std over seeds
   curves.png    (when the runs record probe curves) mean curve per point with a ±std band
@@ -80,7 +80,7 @@ def _mean_std(dicts: Sequence[dict]):
           {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()})
 
 
-SECTIONS = ("linear_eval", "online_probe", "metrics")  # the eval.json parts that are averaged
+SECTIONS = ("linear_eval", "online_probe", "knn", "metrics")  # the eval.json parts that are averaged
 
 
 def aggregate(name: str, labels: dict, overrides: dict, runs: Sequence[dict]) -> dict:
@@ -100,15 +100,17 @@ def _lookup(row, metric: str):
 
 
 def table_metrics(rows) -> list[str]:
-  """The linear-eval keys, then the online-probe ones as 'online_probe/<label>'."""
+  """The linear-eval keys, then the online-probe and k-NN ones as 'online_probe/<label>',
+  'knn/<label>'."""
   linear = sorted({m for r in rows for m in r["linear_eval"]})
-  online = sorted({m for r in rows for m in r.get("online_probe", {})})
-  return linear + [f"online_probe/{m}" for m in online]
+  return linear + [f"{section}/{m}" for section in ("online_probe", "knn")
+                   for m in sorted({m for r in rows for m in r.get(section, {})})]
 
 
 def markdown_table(rows, axes, metrics) -> str:
   """Axis values, then "mean ± std (n)" of every metric (see `_lookup`)."""
-  titles = [f"{m.replace('online_probe/', 'online ')} acc" for m in metrics]
+  titles = [f"{m.replace('online_probe/', 'online ').replace('knn/', 'k-NN ')} acc"
+            for m in metrics]
   lines = ["| " + " | ".join(list(axes) + titles) + " |",
            "|" + "---|" * (len(axes) + len(metrics))]
   for r in rows:
