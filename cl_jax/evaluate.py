@@ -1,13 +1,19 @@
-"""Linear evaluation of a frozen encoder (SPEC §3 "Offline linear eval").
+"""Evaluation of a frozen encoder (SPEC §3 "Offline linear eval"), with memory O(N·D / devices).
 
 Features h (encoder output, BatchNorm in inference mode) of the un-augmented train and test
-images — random-bit planes included — are standardised with the train statistics, and a
-multinomial logistic regression  min_W,b mean_i CE(W h_i + b, y_i) + (l2/2)‖W‖²  is fitted by
-L-BFGS (optax.lbfgs) for each label. Reported: test top-1 accuracy.
+images — random-bit planes included — stay on the devices, their rows sharded over the mesh's
+"data" axis (never gathered on one host). Per label:
+
+- linear probe: h standardised with the train statistics, a multinomial logistic regression
+  min_W,b mean_i CE(W h_i + b, y_i) + (l2/2)‖W‖² fitted by L-BFGS (optax.lbfgs) under jit on the
+  sharded features (XLA partitions every product over the rows); reported: test top-1 accuracy;
+- weighted k-NN (InstDisc): cosine similarity, the k nearest train rows vote exp(s / T);
+- the online probe trained with the encoder, on the test images.
 
 `bits`: one binary probe per random bit; the reported value is the mean over bits of the test
 accuracy of predicting that bit (0.5 = not decodable, 1.0 = fully decodable).
 """
+import dataclasses
 import functools
 from typing import Mapping
 
@@ -16,23 +22,39 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding, PartitionSpec
 
 from cl_jax import losses
 from cl_jax.data import pipeline
 from cl_jax.data.sources import Split
 
 
+@dataclasses.dataclass
+class Features:
+  """Encoder features of one split in split order, padded to whole eval batches."""
+  h: jax.Array                      # [N_pad, D] float32, rows sharded over "data"
+  valid: jax.Array                  # [N_pad] bool, rows sharded: False for the padding
+  labels: Mapping[str, jax.Array]   # name → [N_pad] int32 (bits: [N_pad, k]), rows sharded
+  online: Mapping[str, jax.Array]   # name → [N_pad] the online probe's predicted class
+  num_classes: Mapping[str, int]
+
+
+def shard_rows(array: np.ndarray, mesh) -> jax.Array:
+  """A host array that every process holds in full → a global array, rows sharded over "data"
+  (each device gets only its rows)."""
+  sharding = NamedSharding(mesh, PartitionSpec("data"))
+  return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+
+
 def extract_features(model, variables, split: Split, data_config, *, seed: int, split_name: str,
-                     batch_size: int, mesh):
-  """(features [N, D], {label: [N] or [N, k]}, {label: number of classes}, {label: [N]}):
-  encoder features h of `split` (in split order, computed on the mesh), the labels to probe them
-  with, and the online probes' predicted classes (argmax of their logits).
+                     batch_size: int, mesh) -> Features:
+  """`Features` of `split`, computed batch by batch on the mesh and concatenated on the devices.
 
   Every process holds each whole eval batch and feeds its devices' rows (`pipeline.local_rows`),
-  so the global array — and the gathered features — are in batch order whatever the order of
-  processes in the mesh, the order the labels are in."""
+  so the global arrays are in batch order whatever the order of processes in the mesh."""
   num_devices = mesh.devices.size
   batch_size = -(-batch_size // num_devices) * num_devices
+  rows_sharding = NamedSharding(mesh, PartitionSpec("data"))
 
   @jax.jit
   def encode(v, x):
@@ -42,35 +64,38 @@ def extract_features(model, variables, split: Split, data_config, *, seed: int, 
   ds, num_classes = pipeline.eval_dataset(split, data_config, seed=seed, split_name=split_name,
                                           batch_size=batch_size)
   rows = pipeline.local_rows(mesh, batch_size)
-  feats, labels, predictions = [], {}, {}
+  outputs, host = [], {}
   for batch in ds.as_numpy_iterator():
     x = pipeline.to_global({"image": batch["image"][rows]}, mesh)["image"]
-    h, predicted = multihost_utils.process_allgather(encode(variables, x), tiled=True)
-    valid = batch["valid"]
-    feats.append(np.asarray(h)[valid])
-    for name in [*num_classes, *(["bits"] if "bits" in batch else [])]:
-      labels.setdefault(name, []).append(batch[name][valid])
-    for name, p in predicted.items():
-      predictions.setdefault(name, []).append(np.asarray(p)[valid])
-  concat = lambda d: {k: np.concatenate(v) for k, v in d.items()}
-  return np.concatenate(feats), concat(labels), num_classes, concat(predictions)
+    outputs.append(encode(variables, x))
+    for name in ["valid", *num_classes, *(["bits"] if "bits" in batch else [])]:
+      host.setdefault(name, []).append(batch[name])
+  h, online = jax.jit(lambda out: jax.tree.map(lambda *a: jnp.concatenate(a), *out),
+                      out_shardings=rows_sharding)(outputs)
+  host = {k: shard_rows(np.concatenate(v), mesh) for k, v in host.items()}
+  valid = host.pop("valid")
+  return Features(h=h, valid=valid, labels=host, online=online, num_classes=num_classes)
 
 
-def online_probe_accuracy(labels, predictions) -> dict:
-  """{label: test accuracy of the online probe trained along with the encoder} — the metric of
-  the randbits colab's table (its probe sees stop_gradient(h) of augmented training views)."""
-  return {name: float(np.mean(p == labels[name])) for name, p in predictions.items()}
+@jax.jit
+def standardise(train_h, train_valid, test_h):
+  """(train, test) features standardised with the mean and std of the valid train rows."""
+  w = train_valid.astype(train_h.dtype)[:, None]
+  mean = jnp.sum(w * train_h, 0) / jnp.sum(w)
+  std = jnp.sqrt(jnp.sum(w * (train_h - mean) ** 2, 0) / jnp.sum(w)) + 1e-6
+  return (train_h - mean) / std, (test_h - mean) / std
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "steps"))
-def fit_linear_classifier(x, y, *, num_classes: int, l2: float, steps: int):
-  """Logistic regression on standardised features by `steps` L-BFGS iterations → (W, b)."""
+def fit_linear_classifier(x, y, valid, *, num_classes: int, l2: float, steps: int):
+  """Logistic regression on the valid rows of standardised features x by `steps` L-BFGS
+  iterations → (W, b). x may be sharded over rows: the objective's sums are then partitioned."""
   params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
+  weight = valid.astype(x.dtype) / jnp.sum(valid)
 
   def objective(p):
-    logits = x @ p[0] + p[1]
-    ce = optax.losses.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return ce + 0.5 * l2 * jnp.sum(p[0] ** 2)
+    ce = optax.losses.softmax_cross_entropy_with_integer_labels(x @ p[0] + p[1], y)
+    return jnp.sum(weight * ce) + 0.5 * l2 * jnp.sum(p[0] ** 2)
 
   opt = optax.lbfgs()
   value_and_grad = optax.value_and_grad_from_state(objective)
@@ -85,75 +110,97 @@ def fit_linear_classifier(x, y, *, num_classes: int, l2: float, steps: int):
   return params
 
 
-def probe_accuracy(train_x, train_y, test_x, test_y, num_classes: int, *, l2: float,
-                   steps: int) -> float:
-  """Test accuracy of a linear classifier fitted on (train_x, train_y)."""
-  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
-  w, b = fit_linear_classifier(jnp.asarray((train_x - mean) / std), jnp.asarray(train_y),
-                               num_classes=num_classes, l2=l2, steps=steps)
-  predictions = np.argmax(((test_x - mean) / std) @ np.asarray(w) + np.asarray(b), axis=1)
-  return float(np.mean(predictions == test_y))
+@jax.jit
+def accuracy(predictions, labels, valid) -> jax.Array:
+  """Fraction of the valid rows where predictions == labels."""
+  return jnp.sum((predictions == labels) & valid) / jnp.sum(valid)
+
+
+def probe_accuracy(train_x, train_y, train_valid, test_x, test_y, test_valid, num_classes: int,
+                   *, l2: float, steps: int) -> float:
+  """Test accuracy of a linear classifier fitted on the standardised (sharded) train features."""
+  w, b = fit_linear_classifier(train_x, train_y, train_valid, num_classes=num_classes, l2=l2,
+                               steps=steps)
+  return float(accuracy(jnp.argmax(test_x @ w + b, axis=1), test_y, test_valid))
+
+
+def probe_all_labels(train: Features, test: Features, eval_config) -> dict:
+  """{label_name: test accuracy} of a linear probe per label, plus `bits` (the mean over bits of
+  one binary probe per bit) when the features come with random bits."""
+  train_x, test_x = standardise(train.h, train.valid, test.h)
+  probe = functools.partial(probe_accuracy, l2=eval_config.l2, steps=eval_config.probe_steps)
+  results = {name: probe(train_x, train.labels[name], train.valid, test_x, test.labels[name],
+                         test.valid, n) for name, n in test.num_classes.items()}
+  if "bits" in train.labels:
+    k = train.labels["bits"].shape[1]
+    results["bits"] = float(np.mean([probe(
+        train_x, train.labels["bits"][:, i], train.valid, test_x, test.labels["bits"][:, i],
+        test.valid, 2) for i in range(k)]))
+  return results
+
+
+def online_probe_accuracy(test: Features) -> dict:
+  """{label: test accuracy of the online probe trained along with the encoder} — the metric of
+  the randbits colab's table (its probe sees stop_gradient(h) of augmented training views)."""
+  return {name: float(accuracy(p, test.labels[name], test.valid))
+          for name, p in test.online.items()}
 
 
 def extract_train_and_test(model, variables, train: Split, test: Split, config, mesh):
-  """`extract_features` of the train and test splits → ((train_h, train_y), (test_h, test_y),
-  num_classes, {label: online-probe test accuracy})."""
+  """`extract_features` of the train and test splits → (train Features, test Features)."""
   extract = functools.partial(extract_features, model, variables, data_config=config.data,
                               seed=config.seed, batch_size=config.eval.batch_size, mesh=mesh)
-  train_h, train_y, _, _ = extract(train, split_name="train")
-  test_h, test_y, num_classes, online = extract(test, split_name="test")
-  return (train_h, train_y), (test_h, test_y), num_classes, online_probe_accuracy(test_y, online)
-
-
-def probe_all_labels(train_features, test_features, num_classes, eval_config) -> dict:
-  """{label_name: test accuracy} of a linear probe per label, plus `bits` (the mean over bits of
-  one binary probe per bit) when the features come with random bits."""
-  (train_h, train_y), (test_h, test_y) = train_features, test_features
-  probe = functools.partial(probe_accuracy, l2=eval_config.l2, steps=eval_config.probe_steps)
-  results = {name: probe(train_h, train_y[name], test_h, test_y[name], num_classes[name])
-             for name in num_classes}
-  if "bits" in train_y:
-    k = train_y["bits"].shape[1]
-    results["bits"] = float(np.mean([probe(train_h, train_y["bits"][:, i], test_h,
-                                           test_y["bits"][:, i], 2) for i in range(k)]))
-  return results
+  return extract(train, split_name="train"), extract(test, split_name="test")
 
 
 def linear_eval(model, variables, train: Split, test: Split, config, mesh) -> Mapping[str, float]:
   """{label_name: test accuracy} for every label of the (possibly scene-composed) data, plus
   `bits` when random_bits > 0."""
-  train_features, test_features, num_classes, _ = extract_train_and_test(
-      model, variables, train, test, config, mesh)
-  return probe_all_labels(train_features, test_features, num_classes, config.eval)
+  return probe_all_labels(*extract_train_and_test(model, variables, train, test, config, mesh),
+                          config.eval)
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk"))
-def knn_predict(train_x, train_y, test_x, *, num_classes: int, k: int, temperature: float,
-                chunk: int = 1024):
+def knn_predict(train_x, train_y, train_valid, test_x, *, num_classes: int, k: int,
+                temperature: float, chunk: int = 1024):
   """Weighted k-NN classifier (Wu et al. 2018 InstDisc; solo-learn's k-NN monitor): cosine
-  similarities s_ij = x̂_i·x̂_j to the train features, the k most similar vote for their class
+  similarities s_ij = x̂_i·x̂_j to the valid train rows, the k most similar vote for their class
   with weight exp(s_ij / temperature); the prediction is the class with the largest total vote.
-  Test rows are processed `chunk` at a time (memory O(chunk · N_train))."""
+  Test rows are processed `chunk` at a time (memory O(chunk · N_train / devices) when the train
+  features are sharded)."""
   train_x, test_x = losses.l2_normalize(train_x), losses.l2_normalize(test_x)
   k = min(k, train_x.shape[0])
   pad = -test_x.shape[0] % chunk
   chunks = jnp.pad(test_x, ((0, pad), (0, 0))).reshape(-1, chunk, test_x.shape[1])
 
   def predict(x):
-    similarity, neighbours = jax.lax.top_k(x @ train_x.T, k)
-    votes = jax.nn.one_hot(train_y[neighbours], num_classes) * jnp.exp(
-        similarity / temperature)[..., None]
+    similarity = jnp.where(train_valid[None, :], x @ train_x.T, -jnp.inf)
+    similarity, neighbours = jax.lax.top_k(similarity, k)
+    weights = jnp.where(jnp.isfinite(similarity), jnp.exp(similarity / temperature), 0.0)
+    votes = jax.nn.one_hot(train_y[neighbours], num_classes) * weights[..., None]
     return jnp.argmax(votes.sum(axis=1), axis=-1)
   return jax.lax.map(predict, chunks).reshape(-1)[:test_x.shape[0]]
 
 
-def knn_accuracies(train_features, test_features, num_classes, eval_config) -> dict:
+def knn_accuracies(train: Features, test: Features, eval_config) -> dict:
   """{label: test accuracy of the weighted k-NN classifier} on the raw features h."""
-  (train_h, train_y), (test_h, test_y) = train_features, test_features
-  return {name: float(np.mean(np.asarray(knn_predict(
-      train_h, train_y[name], test_h, num_classes=n, k=eval_config.knn_k,
-      temperature=eval_config.knn_temperature)) == test_y[name]))
-          for name, n in num_classes.items()}
+  return {name: float(accuracy(knn_predict(
+      train.h, train.labels[name], train.valid, test.h, num_classes=n, k=eval_config.knn_k,
+      temperature=eval_config.knn_temperature), test.labels[name], test.valid))
+          for name, n in test.num_classes.items()}
+
+
+def host_sample(features: Features, max_rows: int, seed: int = 0):
+  """(h [n, D], {label: [n] or [n, k]}) of up to `max_rows` valid rows (a fixed random subset),
+  gathered to every host — for plots such as embeddings.png."""
+  valid = np.flatnonzero(np.asarray(multihost_utils.process_allgather(features.valid,
+                                                                       tiled=True)))
+  if len(valid) > max_rows:
+    valid = np.sort(np.random.default_rng(seed).choice(valid, max_rows, replace=False))
+  take = jax.jit(lambda tree: jax.tree.map(lambda a: a[valid], tree))
+  h, labels = multihost_utils.process_allgather(take((features.h, dict(features.labels))),
+                                                tiled=True)
+  return np.asarray(h), {k: np.asarray(v) for k, v in labels.items()}
 
 
 def representation_metrics(z1: jax.Array, z2: jax.Array) -> dict:

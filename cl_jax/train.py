@@ -398,10 +398,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
 
   # ---- Evaluate (every process computes; process 0 writes).
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  train_features, test_features, num_classes, online = evaluate.extract_train_and_test(
+  train_features, test_features = evaluate.extract_train_and_test(
       model, variables, train_split, test_split, config, mesh)
-  linear = evaluate.probe_all_labels(train_features, test_features, num_classes, config.eval)
-  knn = evaluate.knn_accuracies(train_features, test_features, num_classes, config.eval)
+  linear = evaluate.probe_all_labels(train_features, test_features, config.eval)
+  knn = evaluate.knn_accuracies(train_features, test_features, config.eval)
+  online = evaluate.online_probe_accuracy(test_features)
   representation = evaluate.test_representation_metrics(model, variables, test_split, config,
                                                         mesh)
   writer.write_scalars(num_steps, {**{f"linear_eval/{k}": v for k, v in linear.items()},
@@ -416,10 +417,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
   if config.eval.get("kmeans_clusters"):
     local_features.save_kmeans_pngs(model, variables, test_split, config, workdir,
                                     config.eval.kmeans_clusters)
+  sample = evaluate.host_sample(test_features, embeddings.MAX_POINTS, seed=config.seed)
   if jax.process_index() == 0:
     if curve:
       curves.plot_curves({workdir.name: [curve]}, workdir / "curve.png")
-    embeddings.plot_embeddings(*test_features, workdir / "embeddings.png", seed=config.seed,
+    embeddings.plot_embeddings(*sample, workdir / "embeddings.png", seed=config.seed,
                                title=f"{workdir.name}: test features h at step {num_steps}")
     paths.write_json(workdir / "eval.json", result)
   logging.info("Test accuracy at step %d (linear eval | online probe | %d-NN):\n%s", num_steps,

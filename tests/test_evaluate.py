@@ -1,9 +1,12 @@
-"""Evaluation pieces against naive references: the weighted k-NN classifier."""
+"""Evaluation against naive references: the sharded linear probe and the weighted k-NN."""
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
-from cl_jax import evaluate
+from cl_jax import evaluate, train
 
 
 def naive_knn(train_x, train_y, test_x, num_classes, k, temperature):
@@ -21,26 +24,71 @@ def naive_knn(train_x, train_y, test_x, num_classes, k, temperature):
 
 
 @pytest.mark.parametrize("k,temperature,chunk", [(5, 0.07, 4), (200, 0.5, 1024), (1, 0.1, 7)])
-def test_knn_matches_naive_loop(k, temperature, chunk):
+def test_knn_matches_naive_loop_and_ignores_padding(k, temperature, chunk):
   rng = np.random.default_rng(k)
-  train_x = rng.normal(size=(60, 6)).astype(np.float32)
-  train_y = rng.integers(0, 4, 60)
+  train_x = rng.normal(size=(64, 6)).astype(np.float32)
+  train_y = rng.integers(0, 4, 64)
+  valid = np.arange(64) < 60  # the last 4 rows are padding
   test_x = rng.normal(size=(23, 6)).astype(np.float32)
-  ours = evaluate.knn_predict(train_x, train_y, test_x, num_classes=4, k=k,
+  ours = evaluate.knn_predict(train_x, train_y, valid, test_x, num_classes=4, k=k,
                               temperature=temperature, chunk=chunk)
-  np.testing.assert_array_equal(ours, naive_knn(train_x, train_y, test_x, 4, k, temperature))
+  expected = naive_knn(train_x[:60], train_y[:60], test_x, 4, min(k, 60), temperature)
+  np.testing.assert_array_equal(ours, expected)
 
 
-def test_knn_accuracies_recover_separable_classes():
+def _features(h, labels, num_classes, mesh, n_valid=None):
+  valid = np.arange(len(h)) < (len(h) if n_valid is None else n_valid)
+  return evaluate.Features(
+      h=evaluate.shard_rows(h.astype(np.float32), mesh), valid=evaluate.shard_rows(valid, mesh),
+      labels={k: evaluate.shard_rows(v, mesh) for k, v in labels.items()}, online={},
+      num_classes=num_classes)
+
+
+def naive_probe_accuracy(train_x, train_y, test_x, test_y, num_classes, l2, steps):
+  """The probe as cl_jax computed it before features were sharded: numpy standardisation on one
+  host, L-BFGS on one device, numpy predictions."""
+  mean, std = train_x.mean(0), train_x.std(0) + 1e-6
+  x = jnp.asarray((train_x - mean) / std)
+
+  def objective(p):
+    ce = optax.losses.softmax_cross_entropy_with_integer_labels(x @ p[0] + p[1], train_y)
+    return ce.mean() + 0.5 * l2 * jnp.sum(p[0] ** 2)
+  opt, value_and_grad = optax.lbfgs(), optax.value_and_grad_from_state(objective)
+
+  def step(_, carry):
+    params, state = carry
+    value, grad = value_and_grad(params, state=state)
+    updates, state = opt.update(grad, state, params, value=value, grad=grad, value_fn=objective)
+    return optax.apply_updates(params, updates), state
+  params = (jnp.zeros((x.shape[1], num_classes)), jnp.zeros((num_classes,)))
+  params, _ = jax.jit(lambda p: jax.lax.fori_loop(0, steps, step, (p, opt.init(p))))(params)
+  predictions = np.argmax(((test_x - mean) / std) @ np.asarray(params[0]) + np.asarray(params[1]),
+                          axis=1)
+  return float(np.mean(predictions == test_y))
+
+
+def test_sharded_probe_and_knn_equal_the_single_device_computation():
+  """8 devices hold 1/8 of the rows each; the probe and the k-NN give what one device (and the
+  former host-side probe) gives on the same features, and padding rows count for nothing."""
   rng = np.random.default_rng(0)
-  centres = rng.normal(size=(3, 8)) * 5
-  train_y, test_y = rng.integers(0, 3, 90), rng.integers(0, 3, 30)
-  train_x = centres[train_y] + rng.normal(size=(90, 8))
-  test_x = centres[test_y] + rng.normal(size=(30, 8))
-  config = ml_collections.ConfigDict({"knn_k": 10, "knn_temperature": 0.07})
-  result = evaluate.knn_accuracies((train_x, {"label": train_y}), (test_x, {"label": test_y}),
-                                   {"label": 3}, config)
-  assert result == {"label": 1.0}
-  shuffled = evaluate.knn_accuracies((train_x, {"label": rng.permutation(train_y)}),
-                                     (test_x, {"label": test_y}), {"label": 3}, config)
-  assert shuffled["label"] < 0.7
+  centres = rng.normal(size=(3, 12)) * 1.5
+  train_y, test_y = rng.integers(0, 3, 96), rng.integers(0, 3, 40)
+  train_x = centres[train_y] + rng.normal(size=(96, 12))
+  test_x = centres[test_y] + rng.normal(size=(40, 12))
+  config = ml_collections.ConfigDict({"l2": 1e-3, "probe_steps": 30, "knn_k": 10,
+                                      "knn_temperature": 0.07})
+  expected = naive_probe_accuracy(train_x[:90], train_y[:90], test_x[:37], test_y[:37], 3,
+                                  config.l2, config.probe_steps)
+  results = {}
+  for devices in (jax.devices()[:1], jax.devices()):
+    mesh = train.create_mesh(devices)
+    tr = _features(train_x, {"label": train_y}, {"label": 3}, mesh, n_valid=90)
+    te = _features(test_x, {"label": test_y}, {"label": 3}, mesh, n_valid=37)
+    assert len(tr.h.sharding.device_set) == len(devices)
+    results[len(devices)] = (evaluate.probe_all_labels(tr, te, config),
+                             evaluate.knn_accuracies(tr, te, config))
+  assert len(jax.devices()) == 8
+  np.testing.assert_allclose(results[8][0]["label"], results[1][0]["label"], atol=1 / 37 + 1e-6)
+  np.testing.assert_allclose(results[1][0]["label"], expected, atol=1 / 37 + 1e-6)
+  assert results[8][1] == results[1][1]
+  assert 0.6 < results[1][0]["label"] <= 1.0
