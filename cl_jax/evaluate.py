@@ -46,12 +46,14 @@ def shard_rows(array: np.ndarray, mesh) -> jax.Array:
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def extract_features(model, variables, split: Split, data_config, *, seed: int, split_name: str,
+def extract_features(model, variables, split, data_config, *, seed: int, split_name: str,
                      batch_size: int, mesh) -> Features:
-  """`Features` of `split`, computed batch by batch on the mesh and concatenated on the devices.
+  """`Features` of `split` (a `Split` or a `StreamingSplit`), computed batch by batch on the mesh
+  and concatenated on the devices.
 
-  Every process holds each whole eval batch and feeds its devices' rows (`pipeline.local_rows`),
-  so the global arrays are in batch order whatever the order of processes in the mesh."""
+  Each process reads and encodes only its devices' rows of every eval batch
+  (`pipeline.local_rows`); images, labels and the valid mask become global arrays the same way,
+  so rows stay aligned with their labels whatever the order of processes in the mesh."""
   num_devices = mesh.devices.size
   batch_size = -(-batch_size // num_devices) * num_devices
   rows_sharding = NamedSharding(mesh, PartitionSpec("data"))
@@ -62,19 +64,17 @@ def extract_features(model, variables, split: Split, data_config, *, seed: int, 
     return h, {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
 
   ds, num_classes = pipeline.eval_dataset(split, data_config, seed=seed, split_name=split_name,
-                                          batch_size=batch_size)
-  rows = pipeline.local_rows(mesh, batch_size)
-  outputs, host = [], {}
-  for batch in ds.as_numpy_iterator():
-    x = pipeline.to_global({"image": batch["image"][rows]}, mesh)["image"]
-    outputs.append(encode(variables, x))
-    for name in ["valid", *num_classes, *(["bits"] if "bits" in batch else [])]:
-      host.setdefault(name, []).append(batch[name])
-  h, online = jax.jit(lambda out: jax.tree.map(lambda *a: jnp.concatenate(a), *out),
-                      out_shardings=rows_sharding)(outputs)
-  host = {k: shard_rows(np.concatenate(v), mesh) for k, v in host.items()}
-  valid = host.pop("valid")
-  return Features(h=h, valid=valid, labels=host, online=online, num_classes=num_classes)
+                                          batch_size=batch_size,
+                                          rows=pipeline.local_rows(mesh, batch_size))
+  label_names = ["valid", *num_classes, *(["bits"] if data_config.random_bits else [])]
+  outputs = []
+  for local in ds.as_numpy_iterator():
+    batch = pipeline.to_global({k: local[k] for k in ["image", *label_names]}, mesh)
+    outputs.append((*encode(variables, batch.pop("image")), batch))
+  h, online, labels = jax.jit(lambda out: jax.tree.map(lambda *a: jnp.concatenate(a), *out),
+                              out_shardings=rows_sharding)(outputs)
+  valid = labels.pop("valid")
+  return Features(h=h, valid=valid, labels=labels, online=online, num_classes=num_classes)
 
 
 @jax.jit

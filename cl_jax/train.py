@@ -295,9 +295,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
   num_steps = config.train.num_steps if config.train.num_steps > 0 else (
       config.train.num_epochs * per_epoch)
   supervised = config.loss.get("supervised_label")
-  if config.loss.name in ("supcon", "joint") and supervised not in train_split.labels:
+  if config.loss.name in ("supcon", "joint") and supervised not in train_split.num_classes:
     raise validate.ConfigError(f"loss.supervised_label={supervised!r} is not a label of "
-                               f"'{config.data.dataset}': {', '.join(train_split.labels)}.")
+                               f"'{config.data.dataset}': {', '.join(train_split.num_classes)}.")
   manager = checkpoint_manager(workdir, config)
 
   # ---- Input pipeline, model, optimizer, state (restored when the workdir has a checkpoint).

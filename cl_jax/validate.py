@@ -46,6 +46,16 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
     raise ConfigError(f"data.image_size={data.image_size} is too small for model.encoder="
                       f"'{model.encoder}', which needs images of at least {min_size} px.")
   _check_scene(data)
+  if data.get("streaming"):
+    from cl_jax.data import sources  # pylint: disable=g-import-not-at-top
+    if data.dataset in (sources.EMBEDDED, sources.PHOTOS, sources.IDX):
+      raise ConfigError(f"data.streaming=True reads a tfds dataset by index; data.dataset="
+                        f"'{data.dataset}' is a small local source that is always held in memory: "
+                        "set data.streaming=False, or name a tfds dataset (e.g. imagenet2012).")
+    if data.get("scene", "none") not in ("none", "digits_on_images"):
+      raise ConfigError(f"data.scene='{data.scene}' composes digits from an in-memory digit "
+                        "split and cannot stream: with data.streaming=True use data.scene="
+                        "'none' or 'digits_on_images', or set data.streaming=False.")
   if data.get("class_subset") and not paths.workdir_path(data.class_subset).exists():
     raise ConfigError(f"data.class_subset={data.class_subset!r} does not exist: it must be a file "
                       "of class names, one per line (e.g. configs/imagenet100_classes.txt).")

@@ -36,6 +36,7 @@ def get_config(arg=None):
   c.loss.ifm_epsilon = 0.1
   if arg == "imagenet100":
     c.data.dataset = "imagenet2012"
+    c.data.streaming = True        # ArrayRecord random access; JPEG crops decoded in one op
     c.data.class_subset = os.path.join(os.path.dirname(__file__), "imagenet100_classes.txt")
     c.data.image_size = 224
     c.data.random_bits = 0

@@ -27,6 +27,7 @@ def get_config(arg=None):
   c.data.random_bits = 5           # k constant bit planes appended after augmentation
   c.data.coarse_labels = False     # label = class (digit >= 5 / cifar100 coarse), subclass = fine
   c.data.class_subset = ml_collections.config_dict.placeholder(str)  # file of class names to keep
+  c.data.streaming = False         # True: read a tfds split by index (ArrayRecord), not in memory
   c.data.crop_area_min = 0.5       # random resized crop, area in (crop_area_min, 1)
   c.data.flip = False
   c.data.color_jitter = 0.0        # strength s (RGB only)

@@ -227,6 +227,7 @@ def test_imagenet100_subset_of_mock_imagenet2012():
   from configs import moco_ifm  # pylint: disable=g-import-not-at-top
   config = moco_ifm.get_config("imagenet100").data
   config.image_size = 8
+  config.streaming = False  # in memory here; test_streaming.py covers the streamed subset
   names = sources.read_class_subset(config.class_subset)
   assert len(names) == 100 and names[:2] == ["n02869837", "n01749939"]
   with tfds.testing.mock_data(num_examples=300):

@@ -11,18 +11,74 @@ def _seeds(seed, n):
   return tf.unstack(tf.random.experimental.stateless_split(seed, n))
 
 
-def random_resized_crop(image, seed, area_range, aspect_range=(3 / 4, 4 / 3)):
-  """Crop a random box of relative area in `area_range` and aspect in `aspect_range`, then resize
-  back to the input size (bicubic, as SimCLR)."""
-  shape = tf.shape(image)
+ASPECT_RANGE = (3 / 4, 4 / 3)
+
+
+def crop_window(shape, seed, area_range):
+  """(begin [3], size [3]) of a random box of relative area in `area_range` and aspect ratio in
+  3/4..4/3 inside an image of `shape` [H, W, C] (the SimCLR/Inception crop)."""
   begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
       shape, tf.zeros([1, 0, 4]), seed=seed, min_object_covered=0.0,
-      aspect_ratio_range=aspect_range, area_range=area_range, max_attempts=100,
+      aspect_ratio_range=ASPECT_RANGE, area_range=area_range, max_attempts=100,
       use_image_if_no_bounding_boxes=True)
+  return begin, size
+
+
+def random_resized_crop(image, seed, area_range):
+  """Crop a random `crop_window`, then resize back to the input size (bicubic, as SimCLR)."""
+  shape = tf.shape(image)
+  begin, size = crop_window(shape, seed, area_range)
   crop = tf.slice(image, begin, size)
   out = tf.clip_by_value(tf.image.resize(crop, shape[:2], method="bicubic"), 0.0, 1.0)
   out.set_shape(image.shape)  # keep the static shape for the ops that follow
   return out
+
+
+def _decode(encoded, image_format: str, channels: int):
+  return tf.io.decode_image(encoded, channels=channels, expand_animations=False) \
+      if image_format != "jpeg" else tf.io.decode_jpeg(encoded, channels=channels)
+
+
+def _resize_to(image_uint8, size: int, channels: int):
+  out = tf.image.resize(tf.cast(image_uint8, tf.float32) / 255.0, (size, size), method="bicubic",
+                        antialias=True)
+  out = tf.clip_by_value(out, 0.0, 1.0)
+  out.set_shape((size, size, channels))
+  return out
+
+
+def decode_random_resized_crop(encoded, seed, area_range, *, size: int, image_format: str,
+                               channels: int):
+  """A random resized crop of an ENCODED image at full resolution, resized to size×size, float in
+  [0, 1]. JPEGs are decoded and cropped in one op (`tf.image.decode_and_crop_jpeg`: only the
+  crop's blocks are decoded); other formats are decoded whole, then cropped."""
+  if image_format == "jpeg":
+    shape = tf.image.extract_jpeg_shape(encoded)
+    begin, crop_size = crop_window(shape, seed, area_range)
+    window = tf.stack([begin[0], begin[1], crop_size[0], crop_size[1]])
+    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=channels)
+  else:
+    image = _decode(encoded, image_format, channels)
+    begin, crop_size = crop_window(tf.shape(image), seed, area_range)
+    crop = tf.slice(image, begin, crop_size)
+  return _resize_to(crop, size, channels)
+
+
+def decode_center(encoded, *, size: int, image_format: str, channels: int):
+  """The central square (side = the shorter side) of an ENCODED image, resized to size×size,
+  float in [0, 1] — the un-augmented view for evaluation (identical to resizing for square
+  images)."""
+  shape = tf.image.extract_jpeg_shape(encoded) if image_format == "jpeg" else None
+  if shape is None:
+    image = _decode(encoded, image_format, channels)
+    shape = tf.shape(image)
+  side = tf.minimum(shape[0], shape[1])
+  window = tf.stack([(shape[0] - side) // 2, (shape[1] - side) // 2, side, side])
+  if image_format == "jpeg":
+    crop = tf.image.decode_and_crop_jpeg(encoded, window, channels=channels)
+  else:
+    crop = tf.slice(image, [window[0], window[1], 0], [side, side, -1])
+  return _resize_to(crop, size, channels)
 
 
 def color_jitter(image, seed, strength):
@@ -66,14 +122,23 @@ def _maybe(apply_prob, seed, fn, image):
                  lambda: image)
 
 
-def augment(image: tf.Tensor, seed: tf.Tensor, config: ml_collections.ConfigDict) -> tf.Tensor:
+def crop_seed(seed):
+  """The seed `augment` crops with (for a crop done earlier, at decode time)."""
+  return _seeds(seed, 7)[0]
+
+
+def augment(image: tf.Tensor, seed: tf.Tensor, config: ml_collections.ConfigDict, *,
+            cropped: bool = False) -> tf.Tensor:
   """One SimCLR view of a float [H, W, C] image in [0, 1].
 
   Config (`data.`): crop_area_min (random resized crop area (min, 1)), flip (horizontal, p=0.5),
   color_jitter (strength s; applied with p=0.8, RGB only), grayscale_prob (RGB only), blur_prob.
+  cropped=True: the image is already the random resized crop of `crop_seed(seed)` (streaming
+  decodes the crop directly from the JPEG), so only the other augmentations apply.
   """
   s_crop, s_flip, s_jit, s_jit_p, s_gray, s_blur, s_blur_p = _seeds(seed, 7)
-  image = random_resized_crop(image, s_crop, (config.crop_area_min, 1.0))
+  if not cropped:
+    image = random_resized_crop(image, s_crop, (config.crop_area_min, 1.0))
   if config.flip:
     image = tf.image.stateless_random_flip_left_right(image, s_flip)
   if image.shape[-1] == 3:

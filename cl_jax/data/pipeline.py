@@ -18,8 +18,7 @@ import numpy as np
 import tensorflow as tf
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cl_jax.data import augment, features
-from cl_jax.data.sources import Split
+from cl_jax.data import augment, features, sources
 
 _AUGMENT_SALT = 0x5EED
 _SCENE_SALT = 0x5CE7E
@@ -40,13 +39,57 @@ def local_rows(mesh: Mesh, batch_size: int) -> np.ndarray:
                     np.int64)
 
 
-def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed: int,
+def read_records(split: sources.StreamingSplit, index: tf.Tensor):
+  """Encoded images [R] and {label: [R]} of the examples at positions `index` [R] of a streamed
+  split, read in one call (tfds random access) inside tf.data."""
+  names = list(split.label_fields)
+
+  def read(positions):
+    images, labels = split.read(positions)
+    return [images.astype(bytes) if len(images) else np.zeros([0], bytes),
+            *[labels[k] for k in names]]
+
+  encoded, *values = tf.numpy_function(read, [index], [tf.string] + [tf.int32] * len(names),
+                                       stateful=False)
+  encoded.set_shape(index.shape)
+  for v in values:
+    v.set_shape(index.shape)
+  return encoded, dict(zip(names, values))
+
+
+def _example_reader(split, data_config, read_in_batches_of: int):
+  """(with_records, image_of): `with_records` maps a dataset of {"index": [position]} elements to
+  one whose elements also carry the example's labels (and, streamed, its encoded image);
+  `image_of(element)` is the un-augmented float image [S, S, C] in [0, 1]. In memory: gathers
+  from the decoded split. Streamed: the records of `read_in_batches_of` consecutive elements are
+  read in one call."""
+  if isinstance(split, sources.StreamingSplit):
+    decode = dict(size=data_config.image_size, image_format=split.image_format, channels=split.channels)
+
+    def with_records(ds):
+      def read(element):
+        encoded, labels = read_records(split, element["index"])
+        return {**element, "encoded": encoded, **labels}
+      return ds.batch(read_in_batches_of).map(read, num_parallel_calls=tf.data.AUTOTUNE,
+                                              deterministic=True).unbatch()
+    return with_records, lambda e: augment.decode_center(e["encoded"], **decode)
+
+  images = tf.constant(split.images)
+  labels = {k: tf.constant(v) for k, v in split.labels.items()}
+  return ((lambda ds: ds.map(lambda e: {**e, **{k: tf.gather(v, e["index"])
+                                                for k, v in labels.items()}})),
+          lambda e: tf.cast(tf.gather(images, e["index"]), tf.float32) / 255.0)
+
+
+def train_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int,
                   batch_size: int, start_step: int, num_steps: int, rows=None,
                   split_name: str = "train") -> tf.data.Dataset:
   """Process-local batches {view1, view2, index, <label>...} for global steps
   [start_step, num_steps): the `rows` (increasing positions in [0, batch_size); default all,
-  multi-host: `local_rows(mesh, batch_size)`) of every global batch. `split_name` picks the
-  split's random bits (each split has its own, the ones evaluation uses).
+  multi-host: `local_rows(mesh, batch_size)`) of every global batch. `split` is a `Split` (in
+  memory) or a `StreamingSplit` (each process reads only its rows' records; JPEG views are decoded
+  and cropped in one op). `split_name` picks the split's random bits (each split has its own, the
+  ones evaluation uses).
 
   view1/view2: float32 [R, S, S, C + random_bits]; index (position in the split) and labels:
   int32 [R], R = len(rows).
@@ -55,69 +98,88 @@ def train_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed:
   per_epoch = steps_per_epoch(n, batch_size)
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   is_local_row = tf.constant(np.isin(np.arange(batch_size), rows))
-  images = tf.constant(split.images)
-  labels = {k: tf.constant(v) for k, v in split.labels.items()}
   bit_ints = tf.constant(features.random_bit_integers(n, num_bits, seed, split_name))
   scene, _ = features.make_scene(data_config, split, train=True)
+  with_records, image_of = _example_reader(split, data_config, len(rows))
+  crop_at_decode = isinstance(split, sources.StreamingSplit) and scene is None
+  area = (data_config.crop_area_min, 1.0)
 
-  def example(g):
+  def position(g):
     step, row = g // batch_size, g % batch_size
-    position = (step % per_epoch) * batch_size + row
+    p = (step % per_epoch) * batch_size + row
     index = tf.random.experimental.index_shuffle(
-        position, seed=tf.stack([tf.constant(seed, tf.int64), step // per_epoch]),
+        p, seed=tf.stack([tf.constant(seed, tf.int64), step // per_epoch]),
         max_index=tf.constant(n - 1, tf.int64))
-    image = tf.cast(tf.gather(images, index), tf.float32) / 255.0
+    return {"g": g, "index": index}
+
+  def example(element):
+    g, index = element.pop("g"), element["index"]
+    image = None if crop_at_decode else image_of(element)
+    encoded = element.pop("encoded", None)
     example_seed = tf.stack([tf.constant(seed + _AUGMENT_SALT, tf.int64), g])
     read_seed = tf.random.experimental.stateless_fold_in(example_seed, _SCENE_SALT)
-    out = {"index": tf.cast(index, tf.int32), **{k: tf.gather(v, index) for k, v in labels.items()}}
-    for i, view_seed in enumerate(tf.unstack(tf.random.experimental.stateless_split(example_seed,
-                                                                                    2))):
-      view = image
-      if scene is not None:
-        view, scene_labels = scene(image, index, read_seed, view_seed)
-        out.update(scene_labels)
-      view = augment.augment(view, view_seed, data_config)
+    out = {**element, "index": tf.cast(index, tf.int32)}
+    view_seeds = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
+    for i, view_seed in enumerate(view_seeds):
+      if crop_at_decode:
+        view = augment.decode_random_resized_crop(
+            encoded, augment.crop_seed(view_seed), area, size=data_config.image_size,
+            image_format=split.image_format, channels=split.channels)
+      else:
+        view = image
+        if scene is not None:
+          view, scene_labels = scene(image, index, read_seed, view_seed)
+          out.update(scene_labels)
+      view = augment.augment(view, view_seed, data_config, cropped=crop_at_decode)
       out[f"view{i + 1}"] = features.append_bit_planes(view, tf.gather(bit_ints, index), num_bits)
     return out
 
   ds = tf.data.Dataset.range(start_step * batch_size, num_steps * batch_size)
   ds = ds.filter(lambda g: tf.gather(is_local_row, g % batch_size))
+  ds = with_records(ds.map(position))
   ds = ds.map(example, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
   return ds.batch(len(rows), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
-def eval_dataset(split: Split, data_config: ml_collections.ConfigDict, *, seed: int,
-                 split_name: str, batch_size: int):
+def eval_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int, split_name: str,
+                 batch_size: int, rows=None):
   """(dataset, {label: number of classes}): un-augmented images WITH their bit planes and scene,
-  in split order, in batches of `batch_size` (the last one zero-padded), with every label to
-  probe: the split's, the scene's and `bits` ([k] 0/1, when random_bits > 0), and `valid`.
-  Scenes are composed with seeds fixed per image."""
+  in split order, in batches of `batch_size` (the split padded to whole batches), with every
+  label to probe: the split's, the scene's and `bits` ([k] 0/1, when random_bits > 0), and
+  `valid` (False for the padding). Only the `rows` of every batch are produced (default all;
+  multi-host: `local_rows(mesh, batch_size)`), so a streamed split is read once over all
+  processes. Scenes are composed with seeds fixed per image."""
   n, num_bits = len(split), data_config.random_bits
   padded = -(-n // batch_size) * batch_size
-  pad = lambda a: np.concatenate([a, np.zeros((padded - n, *a.shape[1:]), a.dtype)])
-  bit_ints = features.random_bit_integers(n, num_bits, seed, split_name)
-  columns = {"image": pad(split.images), "index": np.arange(padded, dtype=np.int32),
-             "valid": np.arange(padded) < n, **{k: pad(v) for k, v in split.labels.items()}}
-  if num_bits:
-    columns["bits"] = pad(features.bit_labels(bit_ints, num_bits).astype(np.int32))
-  bit_ints = pad(bit_ints)
+  rows = np.arange(batch_size) if rows is None else np.asarray(rows)
+  is_local_row = tf.constant(np.isin(np.arange(batch_size), rows))
+  bit_ints = tf.constant(features.random_bit_integers(n, num_bits, seed, split_name))
   scene, scene_classes = features.make_scene(data_config, split, train=False)
+  with_records, image_of = _example_reader(split, data_config, len(rows))
 
-  def prepare(columns, bits):
-    image = tf.cast(columns.pop("image"), tf.float32) / 255.0
+  def prepare(element):
+    index = element["index"]
+    image = image_of(element)
+    element.pop("encoded", None)
     if scene is not None:
       image_seed = tf.stack([tf.constant(seed + _EVAL_SALT[split_name], tf.int64),
-                             tf.cast(columns["index"], tf.int64)])
-      image, scene_labels = scene(image, columns["index"], image_seed, image_seed)
-      columns.update(scene_labels)
-    return {"image": features.append_bit_planes(image, bits, num_bits), **columns}
+                             tf.cast(index, tf.int64)])
+      image, scene_labels = scene(image, index, image_seed, image_seed)
+      element.update(scene_labels)
+    bits = tf.gather(bit_ints, index)
+    if num_bits:
+      element["bits"] = tf.bitwise.bitwise_and(
+          tf.bitwise.right_shift(bits[None], tf.range(num_bits)), 1)
+    return {**element, "index": tf.cast(index, tf.int32),
+            "image": features.append_bit_planes(image, bits, num_bits)}
 
-  ds = tf.data.Dataset.from_tensor_slices((columns, bit_ints))
-  ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(batch_size)
-  return ds, {**split.num_classes, **scene_classes}
+  ds = tf.data.Dataset.range(padded).filter(lambda p: tf.gather(is_local_row, p % batch_size))
+  ds = ds.map(lambda p: {"index": tf.minimum(p, n - 1), "valid": p < n})
+  ds = with_records(ds).map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+  return ds.batch(len(rows)), {**split.num_classes, **scene_classes}
 
 
-def label_classes(split: Split, data_config: ml_collections.ConfigDict) -> dict:
+def label_classes(split, data_config: ml_collections.ConfigDict) -> dict:
   """{label: number of classes} of the TRAINING examples (the online probes): the split's labels
   and those its scene adds."""
   return {**split.num_classes, **features.make_scene(data_config, split, train=True)[1]}

@@ -3,14 +3,17 @@
 `data.class_subset` (a file of class names) restricts any of them to those classes, relabelled
 0..K−1 in the file's order (configs/imagenet100_classes.txt: ImageNet-1k → ImageNet-100).
 
-Every source is loaded into memory as a `Split`: uint8 images [N, S, S, C] resized to
-`data.image_size`, and integer labels (one array per label the dataset provides). This suits the
-datasets the papers' small-scale experiments use (digits, MNIST, CIFAR-10/100); datasets that do
-not fit in host memory (full ImageNet) would need a streaming source.
+By default a source is loaded into memory as a `Split`: uint8 images [N, S, S, C] resized to
+`data.image_size`, and integer labels (one array per label the dataset provides) — right for the
+papers' small-scale data (digits, MNIST, CIFAR-10/100). With `data.streaming=True` a tfds split is
+a `StreamingSplit` instead: nothing but its length and label metadata is held, and the pipeline
+reads each example it needs by index (tfds random access over ArrayRecord), keeping the encoded
+image (JPEG bytes for imagenet2012) until a view is decoded — ImageNet-size splits that do not fit
+in host memory.
 """
 import dataclasses
 import functools
-from typing import Mapping
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -34,6 +37,37 @@ class Split:
 
   def __len__(self) -> int:
     return self.images.shape[0]
+
+
+@dataclasses.dataclass(frozen=True)
+class StreamingSplit:
+  """A tfds split read example by example: `source` is its random-access data source (tfds
+  `as_data_source`, images left encoded); example i of the split is record `indices[i]` (all
+  records when `indices` is None). Labels are read with the record: `label_fields` maps a label
+  name to its record feature, `relabel` a label name to a lookup old class → new class
+  (class_subset, with −1 for dropped classes)."""
+  source: Sequence
+  indices: Optional[np.ndarray]
+  label_fields: Mapping[str, str]
+  relabel: Mapping[str, np.ndarray]
+  num_classes: Mapping[str, int]
+  image_format: str   # 'jpeg' (decoded and cropped in one op) or another tf.io.decode_image format
+  channels: int
+
+  def __len__(self) -> int:
+    return len(self.source) if self.indices is None else len(self.indices)
+
+  def read(self, positions: np.ndarray):
+    """(encoded images [R] bytes, {label: int32 [R]}) of the split's examples at `positions`."""
+    keys = [int(i) for i in (positions if self.indices is None else self.indices[positions])]
+    records = self.source.__getitems__(keys) if keys else []
+    images = np.array([r["image"] for r in records], dtype=object)
+    labels = {}
+    for name, field in self.label_fields.items():
+      values = np.array([r[field] for r in records], np.int64)
+      labels[name] = (self.relabel[name][values] if name in self.relabel else values
+                      ).astype(np.int32)
+    return images, labels
 
 
 def _resize(images: np.ndarray, size: int) -> np.ndarray:
@@ -177,6 +211,54 @@ def load_tfds(name: str, split: str, image_size: int, data_dir=None) -> Split:
                num_classes=label_names)
 
 
+def load_streaming(data_config, split: str) -> StreamingSplit:
+  """tfds split `split` of `data_config.dataset` as a `StreamingSplit` (random access; images stay
+  encoded). `data.class_subset` keeps the listed classes, relabelled in the file's order: the
+  labels of every record are read once to find them (the images are not decoded).
+  `data.coarse_labels`: label = `coarse_label`, subclass = `label` (cifar100)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name, data_dir = data_config.dataset, data_config.data_dir
+  builder, _ = tfds_dataset(name, split, data_dir)
+  if split == "test" and "test" not in builder.info.splits:
+    split = "validation"
+  features = builder.info.features
+  classes = {k: f.num_classes for k, f in features.items()
+             if isinstance(f, tfds.features.ClassLabel)}
+  if "image" not in features or not isinstance(features["image"], tfds.features.Image) or (
+      not classes):
+    raise DataError(f"tfds dataset '{name}' has no 'image' feature with class labels.")
+  try:
+    source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  except (NotImplementedError, ValueError) as e:
+    raise DataError(
+        f"data.streaming=True reads '{name}' by random access, which needs its files in the "
+        f"ArrayRecord format, but data_dir={data_dir} holds another ({e.__class__.__name__}: "
+        f"{str(e).splitlines()[0]}). Convert it once: `tfds convert_format "
+        f"--dataset_dir=DIR/{name}/VERSION --out_file_format=array_record` (or build it with "
+        f"`tfds build {name} --file_format=array_record`), or set data.streaming=False to load "
+        "the split into memory.") from e
+  fields = {k: k for k in classes}
+  if data_config.coarse_labels:
+    if "coarse_label" not in classes:
+      raise DataError(f"data.coarse_labels=True, but '{name}' has no 'coarse_label' feature.")
+    fields = {"label": "coarse_label", "subclass": "label"}
+    classes = {"label": classes["coarse_label"], "subclass": classes["label"]}
+  indices, relabel = None, {}
+  if data_config.get("class_subset"):
+    subset = read_class_subset(data_config.class_subset)
+    names = list(features["label"].names)
+    new_label = _subset_lookup(names, subset, data_config.class_subset)
+    old = np.concatenate([np.array([r["label"] for r in source.__getitems__(range(
+        i, min(i + 1024, len(source))))], np.int64) for i in range(0, len(source), 1024)])
+    indices = np.flatnonzero(new_label[old] >= 0)
+    relabel = {"label": new_label}
+    classes = {**classes, "label": len(subset)}
+  image = features["image"]
+  return StreamingSplit(source=source, indices=indices, label_fields=fields, relabel=relabel,
+                        num_classes=classes, image_format=image.encoding_format or "png",
+                        channels=image.shape[-1] or 3)
+
+
 DIGIT_DATASETS = (EMBEDDED, IDX, "mnist")
 
 
@@ -199,9 +281,8 @@ def label_names(dataset: str, data_dir) -> list[str]:
   return list(builder.info.features["label"].names)
 
 
-def restrict_to_classes(split: Split, names: list[str], subset: list[str], path) -> Split:
-  """The examples of `split` whose `label` is one of `subset`, relabelled 0..K−1 in the order of
-  `subset` (the file's order), e.g. ImageNet-1k → ImageNet-100."""
+def _subset_lookup(names: list[str], subset: list[str], path) -> np.ndarray:
+  """Lookup old class → position of its name in `subset` (−1: not in the subset)."""
   unknown = [c for c in subset if c not in names]
   if unknown or len(set(subset)) != len(subset):
     raise DataError(f"data.class_subset={path}: " + (
@@ -210,6 +291,13 @@ def restrict_to_classes(split: Split, names: list[str], subset: list[str], path)
         if unknown else "it lists a class twice."))
   new_label = np.full(len(names), -1, np.int32)
   new_label[[names.index(c) for c in subset]] = np.arange(len(subset))
+  return new_label
+
+
+def restrict_to_classes(split: Split, names: list[str], subset: list[str], path) -> Split:
+  """The examples of `split` whose `label` is one of `subset`, relabelled 0..K−1 in the order of
+  `subset` (the file's order), e.g. ImageNet-1k → ImageNet-100."""
+  new_label = _subset_lookup(names, subset, path)
   keep = new_label[split.labels["label"]] >= 0
   labels = {k: v[keep] for k, v in split.labels.items()}
   labels["label"] = new_label[split.labels["label"][keep]]
@@ -246,8 +334,11 @@ def _load_local(dataset: str, split: str, image_size: int, data_dir) -> Split:
   return loaded
 
 
-def load(data_config, split: str) -> Split:
-  """The `split` ('train' or 'test') of `data_config.dataset` at `data_config.image_size`."""
+def load(data_config, split: str):
+  """The `split` ('train' or 'test') of `data_config.dataset`: a `Split` in memory at
+  `data_config.image_size`, or with `data.streaming` a `StreamingSplit`."""
+  if data_config.get("streaming"):
+    return load_streaming(data_config, split)
   if data_config.dataset in (EMBEDDED, PHOTOS, IDX):
     loaded = _load_local(data_config.dataset, split, data_config.image_size,
                          data_config.data_dir)
