@@ -169,3 +169,40 @@ def test_bfloat16_step_is_close_to_float32_and_learns():
     trajectory[dtype] = values
   assert trajectory["bfloat16"][-1] < 0.7 * trajectory["bfloat16"][0]
   np.testing.assert_allclose(trajectory["bfloat16"][-1], trajectory["float32"][-1], rtol=0.1)
+
+
+@pytest.mark.parametrize("padding,stride,size", [("SAME", 2, 9), ("VALID", 2, 28), ("SAME", 1, 6),
+                                                 ("VALID", 1, 7), (((1, 0), (2, 1)), 2, 8)])
+def test_im2col_conv_equals_xla_convolution_with_gradients(padding, stride, size):
+  """The CPU convolution (strided slices + one matmul) against lax.conv_general_dilated."""
+  from cl_jax.models import convnet  # pylint: disable=g-import-not-at-top
+  kx, kw = jax.random.split(jax.random.PRNGKey(0))
+  x = jax.random.normal(kx, (3, size, size, 5))
+  w = jax.random.normal(kw, (3, 3, 5, 4))
+  dims = jax.lax.conv_dimension_numbers(x.shape, w.shape, ("NHWC", "HWIO", "NHWC"))
+  precision = jax.lax.Precision.HIGHEST
+
+  def loss(conv, x, w):
+    y = conv(x, w, (stride, stride), padding, dimension_numbers=dims, precision=precision)
+    return jnp.sum(jnp.sin(y)), y
+
+  (_, want), want_grads = jax.value_and_grad(
+      lambda x, w: loss(jax.lax.conv_general_dilated, x, w), (0, 1), has_aux=True)(x, w)
+  (_, got), got_grads = jax.value_and_grad(
+      lambda x, w: loss(convnet.im2col_conv, x, w), (0, 1), has_aux=True)(x, w)
+  assert got.shape == want.shape
+  np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+  for g, w_ in zip(got_grads, want_grads):
+    np.testing.assert_allclose(g, w_, rtol=1e-4, atol=1e-4)
+
+
+def test_convnet_on_cpu_uses_im2col_with_the_same_parameters_and_outputs():
+  from cl_jax.models import convnet  # pylint: disable=g-import-not-at-top
+  x = jax.random.uniform(jax.random.PRNGKey(1), (4, 16, 16, 3))
+  native = convnet.ConvNet(widths=(8, 16), hidden_dim=12, conv_fn=jax.lax.conv_general_dilated)
+  default = convnet.ConvNet(widths=(8, 16), hidden_dim=12)
+  variables = native.init(jax.random.PRNGKey(0), x, train=False)
+  assert jax.tree.structure(variables) == jax.tree.structure(
+      default.init(jax.random.PRNGKey(0), x, train=False))
+  np.testing.assert_allclose(default.apply(variables, x, train=False),
+                             native.apply(variables, x, train=False), rtol=1e-4, atol=1e-5)
