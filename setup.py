@@ -41,7 +41,7 @@ setuptools.setup(
         "cuda13": ["jax[cuda13]>=0.10.0", TF_CPU],
         "tpu": ["jax[tpu]>=0.10.0", TF_CPU],
         "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.9", "ipykernel>=6.29",
-                 "gcp-storage-emulator>=2024.8.3", "gcsfs>=2024.6"],
+                 "gcp-storage-emulator>=2024.8.3", "gcsfs>=2024.6", "pytest-xdist>=3.6"],
         # benchmarks/torch_reference.py: the same model and step in PyTorch (CPU wheel from PyPI)
         "bench": ["torch>=2.4"],
     },

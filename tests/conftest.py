@@ -1,10 +1,16 @@
-"""Test setup: 8 fake CPU devices (multi-device tests), no accelerators, no network."""
+"""Test setup: 8 fake CPU devices (multi-device tests), no accelerators, no network, and one
+persistent compilation cache for the session (its subprocesses included): most tests train the
+same small programs, and compiling them once instead of in every test halves the suite's time."""
 import os
+import tempfile
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                            " --xla_force_host_platform_device_count=8").strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="cl_jax_tests_jax_cache_"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import sys  # noqa: E402
 

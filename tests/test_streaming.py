@@ -64,6 +64,20 @@ def test_streamed_batches_are_seeded_resumable_and_tiled_by_process_rows(config)
   np.testing.assert_array_equal(full[0]["view1"][..., 3:], full[0]["view2"][..., 3:])
 
 
+def test_digits_on_streamed_backgrounds(config):
+  config.data.update(scene="digits_on_images", digit_dataset="digits", num_unique_digits=4,
+                     digit_fraction=0.25)
+  with tfds.testing.mock_data(num_examples=32):
+    split = sources.load(config.data, "train")
+    batch = _batches(split, config.data, steps=1)[0]
+    test, classes = pipeline.eval_dataset(sources.load(config.data, "test"), config.data, seed=0,
+                                          split_name="test", batch_size=16)
+    test = next(test.as_numpy_iterator())
+  assert batch["view1"].shape == (16, 16, 16, 3 + 3) and set(batch["digit"]) <= set(range(10))
+  assert classes["digit"] == 10 and test["image"].shape == (16, 16, 16, 3 + 3)
+  assert "digit" in test and test["valid"].all()
+
+
 def test_jpeg_crop_is_decoded_in_one_op_equal_to_decode_then_crop():
   y, x = np.mgrid[:40, :56] / 8.0  # smooth, so that JPEG's error is small
   image = (127.5 + 120 * np.stack([np.sin(y), np.cos(x), np.sin(x + y)], -1)).astype(np.uint8)
