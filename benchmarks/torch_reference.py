@@ -9,10 +9,11 @@ batch of 512 images of 16×16×(1 + 5 bits)), the colab ConvNet (3× conv3×3 st
 the 2B embeddings, a linear online probe on detached h, Adam 1e-3. Timed on one fixed batch already
 in memory (no input pipeline), after warm-up. Reported steps/s:
 
-  jax_step            the jitted cl_jax train step (cl_jax.train.train_step)
-  jax_encoder_fwd_bwd the ConvNet's forward + backward alone (where the step's time goes)
+  jax_step              the jitted cl_jax train step (cl_jax.train.train_step)
+  jax_encoder_fwd_bwd   the ConvNet's forward + backward alone (where the step's time goes)
+  jax_encoder_fwd       the ConvNet's forward alone (training mode)
   torch_eager, torch_channels_last, torch_compile   the PyTorch step three ways
-  torch_encoder_fwd_bwd                              PyTorch's ConvNet forward + backward alone
+  torch_encoder_fwd_bwd, torch_encoder_fwd           PyTorch's ConvNet alone
 """
 import functools
 import json
@@ -30,22 +31,33 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/simclr_randbit.py",
                                           "The JAX side's config (the default: embedded digits).")
 _STEPS = flags.DEFINE_integer("steps", 100, "Timed steps per measurement (after warm-up).")
+_ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds (the median is reported).")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 
 
-def rate(fn, steps: int, warmup: int = 5, sync=lambda out: out) -> float:
-  """Calls of `fn` per second over `steps` calls after `warmup` calls."""
+def warmed_up(fn, warmup: int = 5, sync=lambda out: out):
+  """`fn` called `warmup` times (compilation), returned as a callable that runs it once and waits
+  for the result."""
   for _ in range(warmup):
     out = fn()
   sync(out)
-  t = time.perf_counter()
-  for _ in range(steps):
-    out = fn()
-  sync(out)
-  return steps / (time.perf_counter() - t)
+  return lambda: sync(fn())
 
 
-def jax_rates(config, batch, steps: int) -> dict:
+def interleaved_rates(steps_by_name: dict, steps: int, rounds: int) -> dict:
+  """{name: (median, min, max) calls/s}: every round times `steps` calls of each callable in
+  turn."""
+  rates = {name: [] for name in steps_by_name}
+  for _ in range(rounds):
+    for name, step in steps_by_name.items():
+      t = time.perf_counter()
+      for _ in range(steps):
+        step()
+      rates[name].append(steps / (time.perf_counter() - t))
+  return {name: (float(np.median(r)), min(r), max(r)) for name, r in rates.items()}
+
+
+def jax_steps(config, batch) -> dict:
   mesh = train.create_mesh(jax.devices()[:1])
   model = models.create_model(config.model, {"label": 10})
   tx = optim.create_optimizer(config.optim, lambda _: config.optim.learning_rate)
@@ -65,19 +77,27 @@ def jax_rates(config, batch, steps: int) -> dict:
   variables = encoder.init(jax.random.PRNGKey(0), x[:1], train=False)
 
   @jax.jit
-  def encoder_grad(params):
+  def encoder_grad(params, x):  # x an argument: as a closed-over constant XLA would fold into it
     def f(p):
       h, _ = encoder.apply({"params": p, "batch_stats": variables["batch_stats"]}, x,
                            train=True, mutable=["batch_stats"])
       return jnp.sum(h ** 2)
     return jax.grad(f)(params)
 
-  return {"jax_step": rate(step, steps, sync=jax.block_until_ready),
-          "jax_encoder_fwd_bwd": rate(lambda: encoder_grad(variables["params"]), steps,
-                                      sync=jax.block_until_ready)}
+  @jax.jit
+  def encoder_forward(params, x):
+    return encoder.apply({"params": params, "batch_stats": variables["batch_stats"]}, x,
+                         train=True, mutable=["batch_stats"])[0]
+
+  sync = jax.block_until_ready
+  return {"jax_step": warmed_up(step, sync=sync),
+          "jax_encoder_fwd_bwd": warmed_up(lambda: encoder_grad(variables["params"], x),
+                                           sync=sync),
+          "jax_encoder_fwd": warmed_up(lambda: encoder_forward(variables["params"], x),
+                                       sync=sync)}
 
 
-def torch_rates(batch, steps: int) -> dict:
+def torch_steps(batch) -> dict:
   import torch  # pylint: disable=g-import-not-at-top
   from torch import nn  # pylint: disable=g-import-not-at-top
   import torch.nn.functional as F  # pylint: disable=g-import-not-at-top
@@ -118,7 +138,7 @@ def torch_rates(batch, steps: int) -> dict:
   x_nhwc = np.concatenate([batch["view1"], batch["view2"]])
   x = torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
   labels = torch.from_numpy(np.concatenate([batch["label"]] * 2).astype(np.int64))
-  results = {}
+  steps = {}
   for mode in ("eager", "channels_last", "compile"):
     torch.manual_seed(0)
     model = Model(x.shape[1])
@@ -139,13 +159,16 @@ def torch_rates(batch, steps: int) -> dict:
 
     if mode == "compile":
       step = torch.compile(step)
-    results[f"torch_{mode}"] = rate(step, steps, warmup=5 if mode != "compile" else 10)
+    steps[f"torch_{mode}"] = warmed_up(step, warmup=5 if mode != "compile" else 10)
   encoder = Encoder(x.shape[1])
   encoder(x[:2])
-  results["torch_encoder_fwd_bwd"] = rate(lambda: encoder(x).pow(2).sum().backward(), steps)
-  results["torch_version"] = torch.__version__
-  results["torch_threads"] = torch.get_num_threads()
-  return results
+  steps["torch_encoder_fwd_bwd"] = warmed_up(lambda: encoder(x).pow(2).sum().backward())
+
+  def forward():
+    with torch.no_grad():
+      return encoder(x)
+  steps["torch_encoder_fwd"] = warmed_up(forward)
+  return steps
 
 
 def main(_):
@@ -156,12 +179,18 @@ def main(_):
   batch = {"view1": rng.uniform(size=shape).astype(np.float32),
            "view2": rng.uniform(size=shape).astype(np.float32),
            "label": rng.integers(0, 10, shape[0]).astype(np.int32)}
+  import torch  # pylint: disable=g-import-not-at-top
+  steps = {**jax_steps(config, {k: jnp.asarray(v) for k, v in batch.items()}),
+           **torch_steps(batch)}
+  rates = interleaved_rates(steps, _STEPS.value, _ROUNDS.value)
   results = {"device": str(jax.devices()[0]), "global_batch": shape[0],
-             "jax_version": jax.__version__}
-  results.update({k: round(v, 2) for k, v in jax_rates(
-      config, {k: jnp.asarray(v) for k, v in batch.items()}, _STEPS.value).items()})
-  results.update({k: round(v, 2) if isinstance(v, float) else v
-                  for k, v in torch_rates(batch, _STEPS.value).items()})
+             "jax_version": jax.__version__, "torch_version": torch.__version__,
+             "torch_threads": torch.get_num_threads(), "rounds": _ROUNDS.value,
+             **{name: round(r[0], 2) for name, r in rates.items()},
+             "spread": {name: [round(r[1], 2), round(r[2], 2)] for name, r in rates.items()}}
+  results["jax_step_vs_torch_eager"] = round(results["jax_step"] / results["torch_eager"], 3)
+  results["jax_step_vs_torch_channels_last"] = round(
+      results["jax_step"] / results["torch_channels_last"], 3)
   print(json.dumps(results, indent=1))
   if _OUT.value:
     paths.write_json(_OUT.value, results)
