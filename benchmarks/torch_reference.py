@@ -12,6 +12,7 @@ in memory (no input pipeline), after warm-up. Reported steps/s:
   jax_step              the jitted cl_jax train step (cl_jax.train.train_step)
   jax_encoder_fwd_bwd   the ConvNet's forward + backward alone (where the step's time goes)
   jax_encoder_fwd       the ConvNet's forward alone (training mode)
+  jax_encoder_fwd_bwd_native_conv   the same with XLA's convolution instead of CPU im2col
   torch_eager, torch_channels_last, torch_compile   the PyTorch step three ways
   torch_encoder_fwd_bwd, torch_encoder_fwd           PyTorch's ConvNet alone
 """
@@ -76,13 +77,19 @@ def jax_steps(config, batch) -> dict:
   x = jnp.concatenate([batch["view1"], batch["view2"]])
   variables = encoder.init(jax.random.PRNGKey(0), x[:1], train=False)
 
-  @jax.jit
-  def encoder_grad(params, x):  # x an argument: as a closed-over constant XLA would fold into it
-    def f(p):
-      h, _ = encoder.apply({"params": p, "batch_stats": variables["batch_stats"]}, x,
-                           train=True, mutable=["batch_stats"])
-      return jnp.sum(h ** 2)
-    return jax.grad(f)(params)
+  def encoder_grad_fn(encoder):
+    @jax.jit
+    def encoder_grad(params, x):  # x an argument: as a closed-over constant XLA would fold it
+      def f(p):
+        h, _ = encoder.apply({"params": p, "batch_stats": variables["batch_stats"]}, x,
+                             train=True, mutable=["batch_stats"])
+        return jnp.sum(h ** 2)
+      return jax.grad(f)(params)
+    return encoder_grad
+
+  encoder_grad = encoder_grad_fn(encoder)
+  native = encoder_grad_fn(encoder.clone(conv_fn=jax.lax.conv_general_dilated)) if hasattr(
+      encoder, "conv_fn") else None
 
   @jax.jit
   def encoder_forward(params, x):
@@ -94,7 +101,9 @@ def jax_steps(config, batch) -> dict:
           "jax_encoder_fwd_bwd": warmed_up(lambda: encoder_grad(variables["params"], x),
                                            sync=sync),
           "jax_encoder_fwd": warmed_up(lambda: encoder_forward(variables["params"], x),
-                                       sync=sync)}
+                                       sync=sync),
+          **({"jax_encoder_fwd_bwd_native_conv": warmed_up(
+              lambda: native(variables["params"], x), sync=sync)} if native else {})}
 
 
 def torch_steps(batch) -> dict:
