@@ -12,9 +12,9 @@ import time
 
 import jax
 import numpy as np
-from absl import app, flags
+from absl import flags
 
-from cl_jax import evaluate, paths, train
+from cl_jax import cli, evaluate, paths, train
 
 _ROWS = flags.DEFINE_integer("rows", 65536, "Training rows.")
 _DIM = flags.DEFINE_integer("dim", 2048, "Feature dimension D.")
@@ -50,4 +50,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -11,12 +11,12 @@ import functools
 import json
 import time
 
-from cl_jax import evaluate, models, optim, paths, train, validate
+from cl_jax import cli, evaluate, models, optim, paths, train, validate
 from cl_jax.data import pipeline, sources
 
 import jax  # noqa: E402  (after cl_jax.data, which imports TensorFlow quietly)
 import tensorflow as tf  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/simclr_randbit.py", "Config file.")
@@ -82,4 +82,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

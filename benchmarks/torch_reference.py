@@ -20,13 +20,13 @@ import functools
 import json
 import time
 
-from cl_jax import models, optim, paths, train
+from cl_jax import cli, models, optim, paths, train
 from cl_jax.data import pipeline, sources  # noqa: F401  (imports TensorFlow quietly first)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/simclr_randbit.py",
@@ -206,4 +206,4 @@ def main(_):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

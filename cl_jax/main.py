@@ -10,10 +10,10 @@ import sys
 from cl_jax import data  # noqa: F401  (imports TensorFlow quietly, before anything else does)
 import tensorflow as tf  # noqa: E402
 import jax  # noqa: E402
-from absl import app, flags, logging  # noqa: E402
+from absl import flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-from cl_jax import hosts, train, validate  # noqa: E402
+from cl_jax import cli, hosts, train, validate  # noqa: E402
 from cl_jax.data import sources  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:variant].",
@@ -49,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

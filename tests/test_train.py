@@ -232,3 +232,14 @@ def test_command_line_bad_input_exits_with_one_paragraph(tmp_path):
   assert done.stderr.strip().endswith(
       "error: data.random_bits=99 must be in [0, 30] (one constant input channel per bit).")
   assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [["-m", "cl_jax.main"], ["-m", "cl_jax.analysis.sweep"],
+                                     ["benchmarks/throughput.py"]])
+def test_help_exits_zero_and_names_the_flags(command):
+  """absl exits 1 after printing help; cl_jax.cli.run makes a requested help a success."""
+  done = subprocess.run([sys.executable, *command, "--helpshort"], cwd=REPO, capture_output=True,
+                        text=True, timeout=120,
+                        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "--config" in done.stdout and "Try --helpfull" in done.stdout

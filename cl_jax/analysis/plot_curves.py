@@ -2,9 +2,9 @@
 
   python -m cl_jax.analysis.plot_curves RUN_DIR [RUN_DIR ...] --out=curves.png
 """
-from absl import app, flags
+from absl import flags
 
-from cl_jax import paths
+from cl_jax import cli, paths
 from cl_jax.analysis import curves
 
 _OUT = flags.DEFINE_string("out", "curves.png", "Output PNG (a local path or a bucket URI).")
@@ -18,4 +18,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)

@@ -30,10 +30,10 @@ from typing import Sequence
 
 import jax
 import numpy as np
-from absl import app, flags, logging
+from absl import flags, logging
 from ml_collections import config_flags
 
-from cl_jax import paths, train
+from cl_jax import cli, paths, train
 from cl_jax.analysis import curves
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file[:variant].",
@@ -233,4 +233,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
