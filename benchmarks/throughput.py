@@ -1,14 +1,24 @@
 """Throughput of the input pipeline and of the jitted train step (compilation excluded).
 
   python benchmarks/throughput.py --config=configs/simclr_randbit.py [--config.x.y=v ...] \
-      [--steps=200] [--out=results.json]
+      [--steps=200] [--profile=15] [--out=results.json]
 
 Prints and optionally writes JSON: device, global batch, pipeline batches/s, train steps/s and
 examples/s on one fixed device-resident batch, compile time of the train step, and eval_s: the
 wall time of the final linear evaluation (feature extraction + L-BFGS probes, compiles included).
+With --profile=K, also `step_profile`: where the step's time goes — the K XLA operations (fusions,
+matmuls, copies) with the most time per step in a jax.profiler trace of 20 steps, as
+[name, ms per step, calls per step] —, `step_profile_by_kind`: ms per step summed over operations
+of one kind (the name without its ".N" suffix; kinds with ≥ 1% of the total: on CPU "ynn_fusion" are the matmuls, "concatenate"
+and "pad_slice_fusion" the ConvNet's im2col), and `step_profile_ms`, all operations' total per
+step (operations on parallel threads overlap, so it can exceed the step's wall time).
 """
+import collections
 import functools
 import json
+import pathlib
+import re
+import tempfile
 import time
 
 from cl_jax import cli, evaluate, models, optim, paths, train, validate
@@ -22,6 +32,32 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/simclr_randbit.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Timed steps (after warm-up).")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
+_PROFILE = flags.DEFINE_integer("profile", 0, "Report the K most expensive XLA operations of the "
+                                "train step (0: no profile).")
+
+
+def op_profile(run_step, steps: int = 20) -> tuple[list, float]:
+  """([(op name, ms per step, calls per step)] sorted by time, total ms per step) of the XLA
+  operations executed while `run_step()` runs `steps` times, from a jax.profiler trace. Events
+  are the executor's per-operation spans (CPU: one per thunk; GPU: one per kernel), taken from
+  every plane and line, without Python frames and the executor's enclosing spans."""
+  with tempfile.TemporaryDirectory() as logdir:
+    with jax.profiler.trace(logdir):
+      run_step(steps)
+    trace_files = sorted(pathlib.Path(logdir).rglob("*.xplane.pb"))
+    profile = jax.profiler.ProfileData.from_file(str(trace_files[-1]))
+  total_ns, calls = collections.Counter(), collections.Counter()
+  for plane in profile.planes:
+    for line in plane.lines:
+      for event in line.events:
+        if event.name.startswith("$") or any(word in event.name for word in (
+            "Execute", "Await", "PjitFunction", "trace")):
+          continue  # Python frames and the executor's spans that contain the operations
+        total_ns[event.name] += event.duration_ns
+        calls[event.name] += 1
+  ops = [(name, round(ns / steps / 1e6, 3), round(calls[name] / steps, 1))
+         for name, ns in total_ns.most_common()]
+  return ops, round(sum(total_ns.values()) / steps / 1e6, 2)
 
 
 def main(_):
@@ -62,6 +98,22 @@ def main(_):
     state, metrics = compiled(state, batch, hyper)
   jax.block_until_ready(metrics)
   step_rate = steps / (time.perf_counter() - t)
+  profile = {}
+  if _PROFILE.value:
+    holder = {"state": state}
+
+    def run_steps(n):
+      for _ in range(n):
+        holder["state"], out = compiled(holder["state"], batch, hyper)
+      jax.block_until_ready(out)
+    ops, total_ms = op_profile(run_steps)
+    state = holder["state"]
+    by_kind = collections.Counter()
+    for name, ms, _ in ops:
+      by_kind[re.sub(r"\.\d+$", "", name)] += ms
+    profile = {"step_profile": ops[:_PROFILE.value], "step_profile_ms": total_ms,
+               "step_profile_by_kind": {kind: round(ms, 2) for kind, ms in by_kind.most_common()
+                                        if ms >= 0.01 * total_ms}}
 
   test_split = sources.load(config.data, "test")
   variables = {"params": state.params, "batch_stats": state.batch_stats}
@@ -75,7 +127,7 @@ def main(_):
             "pipeline_batches_per_s": round(pipeline_rate, 2),
             "train_steps_per_s": round(step_rate, 2),
             "train_examples_per_s": round(step_rate * batch_size, 1),
-            "compile_s": round(compile_s, 2), "eval_s": round(eval_s, 2)}
+            "compile_s": round(compile_s, 2), "eval_s": round(eval_s, 2), **profile}
   print(json.dumps(result, indent=2))
   if _OUT.value:
     paths.write_json(_OUT.value, result)

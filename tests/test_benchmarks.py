@@ -13,7 +13,7 @@ def test_throughput_benchmark_writes_its_json(tmp_path):
       [sys.executable, "benchmarks/throughput.py", "--config=configs/simclr_randbit.py",
        "--steps=3", f"--out={out}", "--config.model.head_hidden_dim=16",
        "--config.model.embed_dim=8", "--config.train.batch_size=64",
-       "--config.eval.probe_steps=5"],
+       "--config.eval.probe_steps=5", "--profile=4"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
   assert done.returncode == 0, done.stderr[-3000:]
@@ -21,3 +21,10 @@ def test_throughput_benchmark_writes_its_json(tmp_path):
   for key in ("train_steps_per_s", "pipeline_batches_per_s", "eval_s", "compile_s"):
     assert result[key] > 0, key
   assert result["global_batch"] == 64
+  # the profile: the step's 4 most expensive XLA operations, sorted, within the total
+  ops = result["step_profile"]
+  assert len(ops) == 4 and all(ms > 0 and calls > 0 for _, ms, calls in ops), ops
+  assert [ms for _, ms, _ in ops] == sorted((ms for _, ms, _ in ops), reverse=True)
+  assert sum(ms for _, ms, _ in ops) <= result["step_profile_ms"]
+  assert 0.5 * result["step_profile_ms"] < sum(result["step_profile_by_kind"].values()) <= (
+      result["step_profile_ms"] + 0.05)
