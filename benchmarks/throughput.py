@@ -9,9 +9,10 @@ wall time of the final linear evaluation (feature extraction + L-BFGS probes, co
 With --profile=K, also `step_profile`: where the step's time goes — the K XLA operations (fusions,
 matmuls, copies) with the most time per step in a jax.profiler trace of 20 steps, as
 [name, ms per step, calls per step] —, `step_profile_by_kind`: ms per step summed over operations
-of one kind (the name without its ".N" suffix; kinds with ≥ 1% of the total: on CPU "ynn_fusion" are the matmuls, "concatenate"
-and "pad_slice_fusion" the ConvNet's im2col), and `step_profile_ms`, all operations' total per
-step (operations on parallel threads overlap, so it can exceed the step's wall time).
+of one kind (the name without its ".N" suffix; kinds with ≥ 1% of the total; on CPU "ynn_fusion"
+are the matmuls, "concatenate" and "pad_slice_fusion" the ConvNet's im2col), and
+`step_profile_ms`, all operations' total per step (operations on parallel threads overlap, so it
+can exceed the step's wall time).
 """
 import collections
 import functools
@@ -36,14 +37,15 @@ _PROFILE = flags.DEFINE_integer("profile", 0, "Report the K most expensive XLA o
                                 "train step (0: no profile).")
 
 
-def op_profile(run_step, steps: int = 20) -> tuple[list, float]:
-  """([(op name, ms per step, calls per step)] sorted by time, total ms per step) of the XLA
-  operations executed while `run_step()` runs `steps` times, from a jax.profiler trace. Events
+def op_profile(run_steps, top: int, steps: int = 20) -> dict:
+  """The JSON fields `step_profile` (the `top` operations), `step_profile_ms` and
+  `step_profile_by_kind` (see the module docstring) of the XLA operations executed while
+  `run_steps(steps)` runs, from a jax.profiler trace. Events
   are the executor's per-operation spans (CPU: one per thunk; GPU: one per kernel), taken from
   every plane and line, without Python frames and the executor's enclosing spans."""
   with tempfile.TemporaryDirectory() as logdir:
     with jax.profiler.trace(logdir):
-      run_step(steps)
+      run_steps(steps)
     trace_files = sorted(pathlib.Path(logdir).rglob("*.xplane.pb"))
     profile = jax.profiler.ProfileData.from_file(str(trace_files[-1]))
   total_ns, calls = collections.Counter(), collections.Counter()
@@ -57,7 +59,13 @@ def op_profile(run_step, steps: int = 20) -> tuple[list, float]:
         calls[event.name] += 1
   ops = [(name, round(ns / steps / 1e6, 3), round(calls[name] / steps, 1))
          for name, ns in total_ns.most_common()]
-  return ops, round(sum(total_ns.values()) / steps / 1e6, 2)
+  total_ms = round(sum(total_ns.values()) / steps / 1e6, 2)
+  by_kind = collections.Counter()
+  for name, ms, _ in ops:
+    by_kind[re.sub(r"\.\d+$", "", name)] += ms
+  return {"step_profile": ops[:top], "step_profile_ms": total_ms,
+          "step_profile_by_kind": {kind: round(ms, 2) for kind, ms in by_kind.most_common()
+                                   if ms >= 0.01 * total_ms}}
 
 
 def main(_):
@@ -100,20 +108,12 @@ def main(_):
   step_rate = steps / (time.perf_counter() - t)
   profile = {}
   if _PROFILE.value:
-    holder = {"state": state}
-
     def run_steps(n):
+      nonlocal state
       for _ in range(n):
-        holder["state"], out = compiled(holder["state"], batch, hyper)
+        state, out = compiled(state, batch, hyper)
       jax.block_until_ready(out)
-    ops, total_ms = op_profile(run_steps)
-    state = holder["state"]
-    by_kind = collections.Counter()
-    for name, ms, _ in ops:
-      by_kind[re.sub(r"\.\d+$", "", name)] += ms
-    profile = {"step_profile": ops[:_PROFILE.value], "step_profile_ms": total_ms,
-               "step_profile_by_kind": {kind: round(ms, 2) for kind, ms in by_kind.most_common()
-                                        if ms >= 0.01 * total_ms}}
+    profile = op_profile(run_steps, _PROFILE.value)
 
   test_split = sources.load(config.data, "test")
   variables = {"params": state.params, "batch_stats": state.batch_stats}
