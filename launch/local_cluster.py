@@ -31,7 +31,10 @@ def process_env(base: dict, *, port: int, num_processes: int, process_id: int,
   env.update(JAX_PLATFORMS="cpu", JAX_CPU_COLLECTIVES_IMPLEMENTATION="gloo",
              JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}", JAX_NUM_PROCESSES=str(num_processes),
              JAX_PROCESS_ID=str(process_id),
-             XLA_FLAGS=f"--xla_force_host_platform_device_count={devices_per_process}")
+             XLA_FLAGS=" ".join([  # the caller's XLA flags, with this process's device count
+                 *(f for f in base.get("XLA_FLAGS", "").split()
+                   if not f.startswith("--xla_force_host_platform_device_count")),
+                 f"--xla_force_host_platform_device_count={devices_per_process}"]))
   return env
 
 

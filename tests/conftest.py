@@ -1,11 +1,17 @@
 """Test setup: 8 fake CPU devices (multi-device tests), no accelerators, no network, and one
 persistent compilation cache for the session (its subprocesses included): most tests train the
-same small programs, and compiling them once instead of in every test halves the suite's time."""
+same small programs, and compiling them once instead of in every test halves the suite's time.
+
+Tests also compile with LLVM's optimisations off (FAST_COMPILE): their programs run a few steps,
+so compilation is most of their time — a 6-step run of the embedded default takes 15 s instead of
+20 s (7.4 s of XLA compilation instead of 12.9 s). The optimisation level changes how fast the
+machine code runs, not what it computes; production runs keep XLA's default."""
 import os
 import tempfile
 
+FAST_COMPILE = "--xla_backend_optimization_level=0"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                           " --xla_force_host_platform_device_count=8").strip()
+                           f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}").strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", tempfile.mkdtemp(prefix="cl_jax_tests_jax_cache_"))
@@ -17,6 +23,11 @@ import sys  # noqa: E402
 import pytest  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # for `import configs...`
+
+
+def subprocess_env() -> dict:
+  """The environment for a cl_jax command run by a test: one CPU device, FAST_COMPILE."""
+  return {**os.environ, "XLA_FLAGS": FAST_COMPILE, "JAX_PLATFORMS": "cpu"}
 
 
 def shrink(config, num_steps: int = 6):

@@ -4,6 +4,8 @@ import os
 import subprocess
 import sys
 
+from tests.conftest import subprocess_env
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -15,7 +17,7 @@ def test_throughput_benchmark_writes_its_json(tmp_path):
        "--config.model.embed_dim=8", "--config.train.batch_size=64",
        "--config.eval.probe_steps=5", "--profile=4"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
-      env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+      env=subprocess_env())
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads(out.read_text())
   for key in ("train_steps_per_s", "pipeline_batches_per_s", "eval_s", "compile_s"):

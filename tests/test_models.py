@@ -1,4 +1,6 @@
 """Encoders and heads: shapes, SimCLR conventions, optimizer masks and schedules."""
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -139,9 +141,11 @@ def test_bfloat16_step_is_close_to_float32_and_learns():
     models_by_dtype[dtype] = models.create_model(config.model, {"label": 10})
   variables = models_by_dtype["float32"].init(jax.random.PRNGKey(0), batch["view1"], train=False)
   for dtype, model in models_by_dtype.items():
-    (total, (metrics, stats, _)), g = jax.value_and_grad(train.compute_loss, has_aux=True)(
-        variables["params"], variables["batch_stats"], batch, None, model=model,
-        loss_config=config.loss)
+    loss_and_grad = jax.jit(functools.partial(
+        jax.value_and_grad(train.compute_loss, has_aux=True), model=model,
+        loss_config=config.loss))
+    (total, (metrics, stats, _)), g = loss_and_grad(variables["params"],
+                                                    variables["batch_stats"], batch, None)
     assert total.dtype == jnp.float32 and metrics["loss"].dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((g, stats)))
     losses_by_dtype[dtype], grads[dtype] = float(metrics["loss"]), g

@@ -13,6 +13,7 @@ import numpy as np
 from cl_jax import train
 from cl_jax.analysis import sweep
 from configs import simclr_randbit
+from tests.conftest import FAST_COMPILE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {"model.head_hidden_dim": 32, "model.embed_dim": 16, "train.batch_size": 64,
@@ -22,7 +23,7 @@ OVERRIDES = {"model.head_hidden_dim": 32, "model.embed_dim": 16, "train.batch_si
 
 
 def _launch(workdir, order: str) -> subprocess.Popen:
-  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env = {**{k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}, "XLA_FLAGS": FAST_COMPILE}
   return subprocess.Popen(
       [sys.executable, "launch/local_cluster.py", "--processes=2", "--devices_per_process=4",
        "--module=tests.multiprocess_worker", "--", str(workdir), order, json.dumps(OVERRIDES)],

@@ -15,6 +15,7 @@ import tensorflow_datasets as tfds
 from cl_jax import train, validate
 from cl_jax.data import pipeline, sources
 from configs import simclr_randbit
+from tests.conftest import subprocess_env
 
 ONE_DEVICE = jax.devices()[:1]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -174,9 +175,11 @@ def _wait_for_checkpoint(run, step_dir, deadline_s=240):
 def test_command_line_overrides_sigkill_and_sigterm_resume(tmp_path):
   """The CLI applies overrides; a run killed with SIGKILL, or preempted with SIGTERM (saving the
   step it is at, exit 75), resumes to the same eval.json as an uninterrupted run."""
-  env = {**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"}
+  env = subprocess_env()
   args = ["--config.train.num_steps=40", "--config.train.checkpoint_every_steps=10",
-          "--config.data.random_bits=3", "--config.loss.temperature=0.3"]
+          "--config.data.random_bits=3", "--config.loss.temperature=0.3",
+          "--config.train.batch_size=64", "--config.model.head_hidden_dim=32",
+          "--config.model.embed_dim=16", "--config.eval.probe_steps=20"]
   done = subprocess.run(_main(tmp_path / "a", *args), cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
@@ -227,7 +230,7 @@ def test_command_line_overrides_sigkill_and_sigterm_resume(tmp_path):
 def test_command_line_bad_input_exits_with_one_paragraph(tmp_path):
   done = subprocess.run(_main(tmp_path, "--config.data.random_bits=99"), cwd=REPO,
                         capture_output=True, text=True, timeout=120,
-                        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                        env=subprocess_env())
   assert done.returncode == 1
   assert done.stderr.strip().endswith(
       "error: data.random_bits=99 must be in [0, 30] (one constant input channel per bit).")
@@ -240,6 +243,6 @@ def test_help_exits_zero_and_names_the_flags(command):
   """absl exits 1 after printing help; cl_jax.cli.run makes a requested help a success."""
   done = subprocess.run([sys.executable, *command, "--helpshort"], cwd=REPO, capture_output=True,
                         text=True, timeout=120,
-                        env={**os.environ, "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu"})
+                        env=subprocess_env())
   assert done.returncode == 0, done.stderr[-2000:]
   assert "--config" in done.stdout and "Try --helpfull" in done.stdout
