@@ -1,4 +1,4 @@
-"""benchmarks/throughput.py keeps starting and writing its JSON (a smoke test, not a timing)."""
+"""The benchmarks keep starting and writing their JSON (smoke tests, not timings)."""
 import json
 import os
 import subprocess
@@ -30,3 +30,17 @@ def test_throughput_benchmark_writes_its_json(tmp_path):
   assert sum(ms for _, ms, _ in ops) <= result["step_profile_ms"]
   assert 0.5 * result["step_profile_ms"] < sum(result["step_profile_by_kind"].values()) <= (
       result["step_profile_ms"] + 0.05)
+
+
+def test_conv_layers_benchmark_writes_its_json(tmp_path):
+  out = tmp_path / "conv_layers.json"
+  done = subprocess.run(
+      [sys.executable, "benchmarks/conv_layers.py", "--batch=4", "--steps=1", "--rounds=1",
+       f"--out={out}"], cwd=REPO, capture_output=True, text=True, timeout=300,
+      env=subprocess_env())
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(out.read_text())
+  for layer in ("conv0", "conv1", "conv2"):
+    for variant in ("im2col", "native"):
+      assert set(result[layer][variant]) == {"fwd", "fwd_dW", "fwd_dW_dx"}
+      assert all(ms > 0 for ms in result[layer][variant].values())
