@@ -49,3 +49,13 @@ def digits_config():
   """The embedded default, shrunk to a few seconds of training."""
   from configs import simclr_randbit
   return shrink(simclr_randbit.get_config())
+
+
+# The longest tests (2-process multi-host job, CLI kill/resume, notebook, GCS emulator: 1–4 min
+# each on 2 cores) start first, so that the two xdist workers finish together.
+LONGEST = ("test_multihost.py", "test_train.py::test_command_line_overrides",
+           "test_notebook.py", "test_gcs.py")
+
+
+def pytest_collection_modifyitems(items):
+  items.sort(key=lambda item: not any(name in item.nodeid for name in LONGEST))
