@@ -30,12 +30,17 @@ def subprocess_env() -> dict:
   return {**os.environ, "XLA_FLAGS": FAST_COMPILE, "JAX_PLATFORMS": "cpu"}
 
 
+# The small model and batch of every training test, as dotted overrides (also passed on the
+# command line and to multi-process workers).
+SMALL = {"model.head_hidden_dim": 32, "model.embed_dim": 16, "train.batch_size": 64,
+         "eval.probe_steps": 20}
+
+
 def shrink(config, num_steps: int = 6):
-  """`config` shrunk to seconds of training: small head, batch 64, checkpoint every 2 steps."""
-  config.model.update(head_hidden_dim=32, embed_dim=16)
-  config.train.update(batch_size=64, num_steps=num_steps, log_every_steps=2,
-                      checkpoint_every_steps=2)
-  config.eval.probe_steps = 20
+  """`config` shrunk to seconds of training: SMALL, checkpoint every 2 steps."""
+  from cl_jax.analysis import sweep  # pylint: disable=g-import-not-at-top
+  sweep.apply_overrides(config, SMALL)
+  config.train.update(num_steps=num_steps, log_every_steps=2, checkpoint_every_steps=2)
   return config
 
 

@@ -13,21 +13,18 @@ import numpy as np
 from cl_jax import train
 from cl_jax.analysis import sweep
 from configs import simclr_randbit
-from tests.conftest import FAST_COMPILE
+from tests.conftest import SMALL, subprocess_env
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-OVERRIDES = {"model.head_hidden_dim": 32, "model.embed_dim": 16, "train.batch_size": 64,
-             "train.num_steps": 30, "train.log_every_steps": 10,
-             "train.checkpoint_every_steps": 1000, "eval.probe_steps": 20,
-             "eval.every_steps": 10}
+OVERRIDES = {**SMALL, "train.num_steps": 30, "train.log_every_steps": 10,
+             "train.checkpoint_every_steps": 1000, "eval.every_steps": 10}
 
 
 def _launch(workdir, order: str) -> subprocess.Popen:
-  env = {**{k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS"}, "XLA_FLAGS": FAST_COMPILE}
   return subprocess.Popen(
       [sys.executable, "launch/local_cluster.py", "--processes=2", "--devices_per_process=4",
        "--module=tests.multiprocess_worker", "--", str(workdir), order, json.dumps(OVERRIDES)],
-      cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+      cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
 # Gloo's all-reduce sums in another order than one process does. Over 30 steps the float32

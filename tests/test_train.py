@@ -15,7 +15,7 @@ import tensorflow_datasets as tfds
 from cl_jax import train, validate
 from cl_jax.data import pipeline, sources
 from configs import simclr_randbit
-from tests.conftest import subprocess_env
+from tests.conftest import SMALL, subprocess_env
 
 ONE_DEVICE = jax.devices()[:1]
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -178,8 +178,7 @@ def test_command_line_overrides_sigkill_and_sigterm_resume(tmp_path):
   env = subprocess_env()
   args = ["--config.train.num_steps=40", "--config.train.checkpoint_every_steps=10",
           "--config.data.random_bits=3", "--config.loss.temperature=0.3",
-          "--config.train.batch_size=64", "--config.model.head_hidden_dim=32",
-          "--config.model.embed_dim=16", "--config.eval.probe_steps=20"]
+          *(f"--config.{name}={value}" for name, value in SMALL.items())]
   done = subprocess.run(_main(tmp_path / "a", *args), cwd=REPO, env=env, capture_output=True,
                         text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
