@@ -22,7 +22,7 @@ import re
 import tempfile
 import time
 
-from cl_jax import cli, evaluate, models, optim, paths, train, validate
+from cl_jax import cli, evaluate, hosts, models, optim, paths, train, validate
 from cl_jax.data import pipeline, sources
 
 import jax  # noqa: E402  (after cl_jax.data, which imports TensorFlow quietly)
@@ -71,6 +71,7 @@ def op_profile(run_steps, top: int, steps: int = 20) -> dict:
 def main(_):
   tf.config.set_visible_devices([], "GPU")
   config, steps = _CONFIG.value, _STEPS.value
+  hosts.use_cpu_cores(config.train.batch_size)  # as cl_jax.main does: on CPU a device per core
   mesh = train.create_mesh()
   validate.check_config(config, mesh.devices.size)
   split = sources.load(config.data, "train")

@@ -9,7 +9,10 @@ batch of 512 images of 16×16×(1 + 5 bits)), the colab ConvNet (3× conv3×3 st
 the 2B embeddings, a linear online probe on detached h, Adam 1e-3. Timed on one fixed batch already
 in memory (no input pipeline), after warm-up. Reported steps/s:
 
-  jax_step              the jitted cl_jax train step (cl_jax.train.train_step)
+  jax_step              the jitted cl_jax train step (cl_jax.train.train_step) as cl_jax.main
+                        runs it: data-parallel over all devices, on CPU one per core
+                        (cl_jax.hosts.use_cpu_cores; PyTorch uses the same cores as threads)
+  jax_step_one_device   the same step on one device (several devices only)
   jax_encoder_fwd_bwd   the ConvNet's forward + backward alone (where the step's time goes)
   jax_encoder_fwd       the ConvNet's forward alone (training mode)
   jax_encoder_fwd_bwd_native_conv   the same with XLA's convolution instead of CPU im2col
@@ -20,11 +23,12 @@ import functools
 import json
 import time
 
-from cl_jax import cli, models, optim, paths, train
+from cl_jax import cli, hosts, models, optim, paths, train
 from cl_jax.data import pipeline, sources  # noqa: F401  (imports TensorFlow quietly first)
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+from jax.sharding import NamedSharding, PartitionSpec  # noqa: E402
 import numpy as np  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -58,8 +62,10 @@ def interleaved_rates(steps_by_name: dict, steps: int, rounds: int) -> dict:
   return {name: (float(np.median(r)), min(r), max(r)) for name, r in rates.items()}
 
 
-def jax_steps(config, batch) -> dict:
-  mesh = train.create_mesh(jax.devices()[:1])
+def jax_train_step(config, batch, devices):
+  """The jitted cl_jax train step data-parallel over `devices`, as a callable that runs one step
+  on the fixed `batch` (sharded over the mesh) and returns the loss."""
+  mesh = train.create_mesh(devices)
   model = models.create_model(config.model, {"label": 10})
   tx = optim.create_optimizer(config.optim, lambda _: config.optim.learning_rate)
   state = train.create_train_state(model, tx, (1, *batch["view1"].shape[1:]), 0, mesh)
@@ -68,11 +74,15 @@ def jax_steps(config, batch) -> dict:
                     donate_argnums=(0,))
   hyper = train.traced_hyperparameters(config)
   holder = {"state": state}
+  batch = jax.device_put(batch, NamedSharding(mesh, PartitionSpec("data")))
 
   def step():
     holder["state"], metrics = step_fn(holder["state"], batch, hyper)
     return metrics["loss"]
+  return step
 
+
+def jax_steps(config, batch) -> dict:
   encoder = models.create_encoder(config.model)
   x = jnp.concatenate([batch["view1"], batch["view2"]])
   variables = encoder.init(jax.random.PRNGKey(0), x[:1], train=False)
@@ -97,7 +107,10 @@ def jax_steps(config, batch) -> dict:
                          train=True, mutable=["batch_stats"])[0]
 
   sync = jax.block_until_ready
-  return {"jax_step": warmed_up(step, sync=sync),
+  return {"jax_step": warmed_up(jax_train_step(config, batch, jax.devices()), sync=sync),
+          **({"jax_step_one_device": warmed_up(
+              jax_train_step(config, batch, jax.devices()[:1]), sync=sync)}
+             if jax.device_count() > 1 else {}),
           "jax_encoder_fwd_bwd": warmed_up(lambda: encoder_grad(variables["params"], x),
                                            sync=sync),
           "jax_encoder_fwd": warmed_up(lambda: encoder_forward(variables["params"], x),
@@ -182,6 +195,7 @@ def torch_steps(batch) -> dict:
 
 def main(_):
   config = _CONFIG.value
+  hosts.use_cpu_cores(config.train.batch_size)  # as cl_jax.main does: on CPU a device per core
   rng = np.random.default_rng(0)
   shape = (config.train.batch_size, config.data.image_size, config.data.image_size,
            1 + config.data.random_bits)
@@ -192,7 +206,8 @@ def main(_):
   steps = {**jax_steps(config, {k: jnp.asarray(v) for k, v in batch.items()}),
            **torch_steps(batch)}
   rates = interleaved_rates(steps, _STEPS.value, _ROUNDS.value)
-  results = {"device": str(jax.devices()[0]), "global_batch": shape[0],
+  results = {"device": str(jax.devices()[0]), "jax_devices": jax.device_count(),
+             "global_batch": shape[0],
              "jax_version": jax.__version__, "torch_version": torch.__version__,
              "torch_threads": torch.get_num_threads(), "rounds": _ROUNDS.value,
              **{name: round(r[0], 2) for name, r in rates.items()},

@@ -36,6 +36,8 @@ def main(argv):
   tf.config.set_visible_devices([], "GPU")  # tf.data only; keep accelerator memory for JAX.
   if _DISTRIBUTED.value or "JAX_NUM_PROCESSES" in os.environ:
     hosts.initialize_distributed()
+  else:  # on CPU: one device per core (no effect on GPU/TPU)
+    hosts.use_cpu_cores(_CONFIG.value.train.batch_size)
   logging.info("JAX %s: process %d of %d, %d device(s) in all (%s)", jax.__version__,
                jax.process_index(), jax.process_count(), jax.device_count(),
                jax.devices()[0].platform)

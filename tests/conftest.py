@@ -22,11 +22,13 @@ import sys  # noqa: E402
 
 import pytest  # noqa: E402
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))  # for `import configs...`
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # cwd of the commands tests run
+sys.path.insert(0, REPO)  # for `import configs...`
 
 
 def subprocess_env() -> dict:
-  """The environment for a cl_jax command run by a test: one CPU device, FAST_COMPILE."""
+  """The environment for a cl_jax command run by a test: FAST_COMPILE, CPU, and the command's own
+  CPU device count (cl_jax.main: one per core, hosts.use_cpu_cores)."""
   return {**os.environ, "XLA_FLAGS": FAST_COMPILE, "JAX_PLATFORMS": "cpu"}
 
 

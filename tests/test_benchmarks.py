@@ -1,12 +1,9 @@
 """The benchmarks keep starting and writing their JSON (smoke tests, not timings)."""
 import json
-import os
 import subprocess
 import sys
 
-from tests.conftest import subprocess_env
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.conftest import REPO, subprocess_env
 
 
 def test_throughput_benchmark_writes_its_json(tmp_path):

@@ -13,9 +13,8 @@ import numpy as np
 from cl_jax import train
 from cl_jax.analysis import sweep
 from configs import simclr_randbit
-from tests.conftest import SMALL, subprocess_env
+from tests.conftest import REPO, SMALL, subprocess_env
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OVERRIDES = {**SMALL, "train.num_steps": 30, "train.log_every_steps": 10,
              "train.checkpoint_every_steps": 1000, "eval.every_steps": 10}
 

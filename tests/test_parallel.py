@@ -1,12 +1,17 @@
 """8 fake CPU devices give the same loss, gradients and BatchNorm statistics as 1 device on the
 same global batch (negatives and BN statistics span the whole global batch)."""
 import functools
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
+import pytest
 
-from cl_jax import models, optim, train
+from cl_jax import hosts, models, optim, train
 from cl_jax.data import pipeline, sources
+from tests.conftest import REPO, subprocess_env
 
 
 def test_eight_devices_equal_one_device(digits_config):
@@ -41,3 +46,41 @@ def test_eight_devices_equal_one_device(digits_config):
   moved = jax.tree.map(lambda a, b: np.abs(np.asarray(a) - np.asarray(b)).max(), one[2],
                        jax.device_get(init.batch_stats))
   assert max(jax.tree.leaves(moved)) > 1e-3
+
+
+def test_cpu_device_count_is_a_divisor_of_the_batch_up_to_the_cores():
+  assert hosts.cpu_device_count(256, cores=2) == 2
+  assert hosts.cpu_device_count(256, cores=6) == 4
+  assert hosts.cpu_device_count(6, cores=4) == 3
+  assert hosts.cpu_device_count(7, cores=2) == 1
+  assert hosts.cpu_device_count(256, cores=1) == 1
+  assert hosts.cpu_device_count(256, cores=64) == hosts.MAX_CPU_DEVICES
+
+
+_USE_CORES = """
+import jax
+from cl_jax import hosts
+{before}
+print(hosts.use_cpu_cores(6), jax.device_count())
+"""
+
+
+@pytest.mark.parametrize("case", ["default", "XLA_FLAGS", "JAX_NUM_CPU_DEVICES", "started"])
+def test_use_cpu_cores_splits_the_cpu_unless_the_count_is_chosen(case):
+  """cl_jax.main's device choice on CPU: one device per core (a divisor of the batch), unless
+  the user set a count or JAX already started (then the count is left as it is)."""
+  env = {k: v for k, v in subprocess_env().items() if k != "JAX_NUM_CPU_DEVICES"}
+  if case == "XLA_FLAGS":
+    env["XLA_FLAGS"] += " --xla_force_host_platform_device_count=3"
+  elif case == "JAX_NUM_CPU_DEVICES":
+    env["JAX_NUM_CPU_DEVICES"] = "3"
+  code = _USE_CORES.format(before="jax.devices()" if case == "started" else "")
+  done = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True,
+                        text=True, timeout=120)
+  assert done.returncode == 0, done.stderr[-2000:]
+  returned, devices = map(int, done.stdout.split())
+  if case == "default":
+    expected = hosts.cpu_device_count(6, len(os.sched_getaffinity(0)))
+    assert returned == devices == expected
+  else:
+    assert returned == 0 and devices == (1 if case == "started" else 3)

@@ -12,13 +12,12 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from cl_jax import train, validate
+from cl_jax import hosts, train, validate
 from cl_jax.data import pipeline, sources
 from configs import simclr_randbit
-from tests.conftest import SMALL, subprocess_env
+from tests.conftest import REPO, SMALL, subprocess_env
 
 ONE_DEVICE = jax.devices()[:1]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_embedded_digits_end_to_end(digits_config, tmp_path):
@@ -183,6 +182,8 @@ def test_command_line_overrides_sigkill_and_sigterm_resume(tmp_path):
                         text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "step 40/40" in done.stderr and "ETA" in done.stderr
+  devices = hosts.cpu_device_count(SMALL["train.batch_size"], len(os.sched_getaffinity(0)))
+  assert f"{devices} device(s) in all (cpu)" in done.stderr  # on CPU a device per core
   assert "Test accuracy at step 40 (linear eval | online probe | 200-NN)" in done.stderr
   uninterrupted = json.loads((tmp_path / "a" / "eval.json").read_text())
   assert set(uninterrupted["linear_eval"]) == {"label", "bits"}

@@ -26,6 +26,7 @@ The runs share decoded data, and a persistent compilation cache in <workdir>/.ja
 program (one per shape: seeds and temperatures are traced arguments) compiles once.
 """
 import itertools
+import math
 from typing import Sequence
 
 import jax
@@ -33,7 +34,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from cl_jax import cli, paths, train
+from cl_jax import cli, hosts, paths, train
 from cl_jax.analysis import curves
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file[:variant].",
@@ -211,10 +212,13 @@ def main(argv):
   seeds = _SEEDS.value or spec.get("seeds", 1)
   workdir = paths.workdir_path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
+  points = grid(spec)
+  hosts.use_cpu_cores(math.gcd(*(overrides.get("train.batch_size", _CONFIG.value.train.batch_size)
+                                 for _, _, overrides in points)))  # on CPU: a device per core
   jax.config.update("jax_compilation_cache_dir", str(workdir / ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   rows = []
-  for name, labels, overrides in grid(spec):
+  for name, labels, overrides in points:
     runs = run_point(_CONFIG.value, overrides, seeds, workdir / name)
     rows.append(aggregate(name, labels, overrides, runs))
     jax.clear_caches()  # the persistent cache keeps the compiled programs
