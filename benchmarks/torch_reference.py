@@ -1,13 +1,14 @@
 """The default train step in JAX vs the same model and step in PyTorch, in one run (CPU or GPU).
 
   pip install -e ".[cpu,bench]"     # torch (CPU wheel)
-  python benchmarks/torch_reference.py [--steps=100] [--out=torch_reference.json]
+  python benchmarks/torch_reference.py [--steps=10] [--rounds=40] [--out=torch_reference.json]
 
 Both sides: the embedded default's shapes (global batch 256, two views through the encoder as one
 batch of 512 images of 16×16×(1 + 5 bits)), the colab ConvNet (3× conv3×3 stride 2 + BN + ReLU,
 32/64/64 → Dense 128 + BN + ReLU = h), the 2-layer BN projection head (128 → 64), NT-Xent τ = 0.2 on
 the 2B embeddings, a linear online probe on detached h, Adam 1e-3. Timed on one fixed batch already
-in memory (no input pipeline), after warm-up. Reported steps/s:
+in memory (no input pipeline), after warm-up. Reported: the median steps/s over rounds and its
+quartiles, and `A_vs_B`, the median over rounds of A's rate / B's rate in the same round:
 
   jax_step              the jitted cl_jax train step (cl_jax.train.train_step) as cl_jax.main
                         runs it: data-parallel over all devices, on CPU one per core
@@ -35,8 +36,8 @@ from ml_collections import config_flags  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/simclr_randbit.py",
                                           "The JAX side's config (the default: embedded digits).")
-_STEPS = flags.DEFINE_integer("steps", 100, "Timed steps per measurement (after warm-up).")
-_ROUNDS = flags.DEFINE_integer("rounds", 5, "Interleaved timing rounds (the median is reported).")
+_STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after warm-up).")
+_ROUNDS = flags.DEFINE_integer("rounds", 40, "Interleaved timing rounds (medians are reported).")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 
 
@@ -50,16 +51,24 @@ def warmed_up(fn, warmup: int = 5, sync=lambda out: out):
 
 
 def interleaved_rates(steps_by_name: dict, steps: int, rounds: int) -> dict:
-  """{name: (median, min, max) calls/s}: every round times `steps` calls of each callable in
-  turn."""
+  """{name: [calls/s of every round]}: every round times `steps` calls of each callable in turn
+  (in reverse order every other round, so that no callable always follows the same one)."""
   rates = {name: [] for name in steps_by_name}
-  for _ in range(rounds):
-    for name, step in steps_by_name.items():
+  for round_index in range(rounds):
+    names = list(steps_by_name)[::-1 if round_index % 2 else 1]
+    for name in names:
+      step = steps_by_name[name]
       t = time.perf_counter()
       for _ in range(steps):
         step()
       rates[name].append(steps / (time.perf_counter() - t))
-  return {name: (float(np.median(r)), min(r), max(r)) for name, r in rates.items()}
+  return rates
+
+
+def paired_ratio(rates: dict, numerator: str, denominator: str) -> float:
+  """The median over rounds of rates[numerator] / rates[denominator] of the same round: on a
+  machine whose speed drifts, comparing within a round cancels what the medians of each do not."""
+  return float(np.median(np.array(rates[numerator]) / np.array(rates[denominator])))
 
 
 def jax_train_step(config, batch, devices):
@@ -210,11 +219,16 @@ def main(_):
              "global_batch": shape[0],
              "jax_version": jax.__version__, "torch_version": torch.__version__,
              "torch_threads": torch.get_num_threads(), "rounds": _ROUNDS.value,
-             **{name: round(r[0], 2) for name, r in rates.items()},
-             "spread": {name: [round(r[1], 2), round(r[2], 2)] for name, r in rates.items()}}
-  results["jax_step_vs_torch_eager"] = round(results["jax_step"] / results["torch_eager"], 3)
-  results["jax_step_vs_torch_channels_last"] = round(
-      results["jax_step"] / results["torch_channels_last"], 3)
+             "steps_per_round": _STEPS.value,
+             **{name: round(float(np.median(r)), 2) for name, r in rates.items()},
+             "quartiles": {name: [round(float(q), 2) for q in np.percentile(r, [25, 75])]
+                           for name, r in rates.items()}}
+  for numerator, denominator in [("jax_step", "torch_eager"), ("jax_step", "torch_channels_last"),
+                                 ("jax_step", "torch_compile"),
+                                 ("jax_step", "jax_step_one_device")]:
+    if denominator in rates:
+      results[f"{numerator}_vs_{denominator}"] = round(
+          paired_ratio(rates, numerator, denominator), 3)
   print(json.dumps(results, indent=1))
   if _OUT.value:
     paths.write_json(_OUT.value, results)

@@ -27,7 +27,8 @@ def use_cpu_cores(batch_size: int) -> int:
   One XLA:CPU device runs the step's operations one after another, each non-matmul operation
   (elementwise, copies, im2col, reductions) on a single thread: in a profile of the embedded
   default's step on 2 cores, each core is busy 21-23 ms of a 38.6 ms step. With one device per
-  core the data-parallel step keeps both busy (25 -> 32 steps/s, benchmarks/torch_reference.py).
+  core the data-parallel step keeps both busy: 1.20-1.23x the steps/s of one device
+  (benchmarks/torch_reference.py, medians of 40 paired rounds).
   Under jit the loss still sees the global batch (BatchNorm statistics and negatives span all
   devices), so results equal the one-device run up to float summation order.
 
