@@ -1,14 +1,20 @@
 """The default train step in JAX vs the same model and step in PyTorch, in one run (CPU or GPU).
 
   pip install -e ".[cpu,bench]"     # torch (CPU wheel)
-  python benchmarks/torch_reference.py [--steps=10] [--rounds=40] [--out=torch_reference.json]
+  python benchmarks/torch_reference.py [--pairs=5] [--rounds=8] [--steps=10] [--out=FILE.json]
 
 Both sides: the embedded default's shapes (global batch 256, two views through the encoder as one
 batch of 512 images of 16×16×(1 + 5 bits)), the colab ConvNet (3× conv3×3 stride 2 + BN + ReLU,
 32/64/64 → Dense 128 + BN + ReLU = h), the 2-layer BN projection head (128 → 64), NT-Xent τ = 0.2 on
 the 2B embeddings, a linear online probe on detached h, Adam 1e-3. Timed on one fixed batch already
-in memory (no input pipeline), after warm-up. Reported: the median steps/s over rounds and its
-quartiles, and `A_vs_B`, the median over rounds of A's rate / B's rate in the same round:
+in memory (no input pipeline), after warm-up.
+
+Each side runs in its own process, as users run them, JAX and PyTorch processes alternating
+(`--pairs` of each). A process times its callables in `--rounds` interleaved rounds of `--steps`
+calls. Reported: per callable the median steps/s over all rounds and its quartiles;
+`jax_step_vs_torch_*`, the median over pairs of (JAX process's median jax_step) / (the paired
+PyTorch process's median), with the per-pair values; `jax_step_vs_jax_step_one_device`, the median
+over rounds of the two rates of the same round. Callables:
 
   jax_step              the jitted cl_jax train step (cl_jax.train.train_step) as cl_jax.main
                         runs it: data-parallel over all devices, on CPU one per core
@@ -22,6 +28,8 @@ quartiles, and `A_vs_B`, the median over rounds of A's rate / B's rate in the sa
 """
 import functools
 import json
+import subprocess
+import sys
 import time
 
 from cl_jax import cli, hosts, models, optim, paths, train
@@ -37,7 +45,10 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/simclr_randbit.py",
                                           "The JAX side's config (the default: embedded digits).")
 _STEPS = flags.DEFINE_integer("steps", 10, "Timed steps per measurement (after warm-up).")
-_ROUNDS = flags.DEFINE_integer("rounds", 40, "Interleaved timing rounds (medians are reported).")
+_ROUNDS = flags.DEFINE_integer("rounds", 8, "Interleaved timing rounds in each process.")
+_PAIRS = flags.DEFINE_integer("pairs", 5, "Pairs of processes, one per side, run alternately.")
+_SIDE = flags.DEFINE_enum("side", None, ["jax", "torch"], "Internal: time only this side in this "
+                          "process and print its rates as JSON.")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 
 
@@ -202,33 +213,62 @@ def torch_steps(batch) -> dict:
   return steps
 
 
-def main(_):
-  config = _CONFIG.value
-  hosts.use_cpu_cores(config.train.batch_size)  # as cl_jax.main does: on CPU a device per core
+def side_rates(side: str, config) -> dict:
+  """This process's measurement of one side ("jax" or "torch"): the interleaved rates of its
+  callables, and what ran them."""
   rng = np.random.default_rng(0)
   shape = (config.train.batch_size, config.data.image_size, config.data.image_size,
            1 + config.data.random_bits)
   batch = {"view1": rng.uniform(size=shape).astype(np.float32),
            "view2": rng.uniform(size=shape).astype(np.float32),
            "label": rng.integers(0, 10, shape[0]).astype(np.int32)}
-  import torch  # pylint: disable=g-import-not-at-top
-  steps = {**jax_steps(config, {k: jnp.asarray(v) for k, v in batch.items()}),
-           **torch_steps(batch)}
-  rates = interleaved_rates(steps, _STEPS.value, _ROUNDS.value)
-  results = {"device": str(jax.devices()[0]), "jax_devices": jax.device_count(),
-             "global_batch": shape[0],
-             "jax_version": jax.__version__, "torch_version": torch.__version__,
-             "torch_threads": torch.get_num_threads(), "rounds": _ROUNDS.value,
-             "steps_per_round": _STEPS.value,
+  if side == "jax":
+    hosts.use_cpu_cores(config.train.batch_size)  # as cl_jax.main: on CPU a device per core
+    steps = jax_steps(config, {k: jnp.asarray(v) for k, v in batch.items()})
+    info = {"device": str(jax.devices()[0]), "jax_devices": jax.device_count(),
+            "jax_version": jax.__version__}
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    steps = torch_steps(batch)
+    info = {"torch_version": torch.__version__, "torch_threads": torch.get_num_threads()}
+  return {"rates": interleaved_rates(steps, _STEPS.value, _ROUNDS.value), "info": info}
+
+
+def run_side(side: str) -> dict:
+  """`side_rates` measured in a fresh process (this script with --side), as users run each
+  framework: in one process PyTorch's OpenMP threads, which spin after each operation, take the
+  cores that JAX's devices need and change JAX's timings either way."""
+  args = [a for a in sys.argv[1:] if not a.startswith(("--out", "--pairs", "--side"))]
+  done = subprocess.run([sys.executable, __file__, *args, f"--side={side}"], check=True,
+                        stdout=subprocess.PIPE, text=True)
+  return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def main(_):
+  config = _CONFIG.value
+  if _SIDE.value:
+    print(json.dumps(side_rates(_SIDE.value, config)))
+    return
+  runs = {"jax": [], "torch": []}
+  for pair in range(_PAIRS.value):
+    for side in ("jax", "torch")[::-1 if pair % 2 else 1]:
+      runs[side].append(run_side(side))
+  rates = {name: [r for run in side_runs for r in run["rates"][name]]
+           for side_runs in runs.values() for name in side_runs[0]["rates"]}
+  results = {**runs["jax"][0]["info"], **runs["torch"][0]["info"],
+             "global_batch": config.train.batch_size, "pairs": _PAIRS.value,
+             "rounds_per_process": _ROUNDS.value, "steps_per_round": _STEPS.value,
              **{name: round(float(np.median(r)), 2) for name, r in rates.items()},
              "quartiles": {name: [round(float(q), 2) for q in np.percentile(r, [25, 75])]
                            for name, r in rates.items()}}
-  for numerator, denominator in [("jax_step", "torch_eager"), ("jax_step", "torch_channels_last"),
-                                 ("jax_step", "torch_compile"),
-                                 ("jax_step", "jax_step_one_device")]:
-    if denominator in rates:
-      results[f"{numerator}_vs_{denominator}"] = round(
-          paired_ratio(rates, numerator, denominator), 3)
+  for torch_name in ("torch_eager", "torch_channels_last", "torch_compile"):
+    ratios = [np.median(j["rates"]["jax_step"]) / np.median(t["rates"][torch_name])
+              for j, t in zip(runs["jax"], runs["torch"])]
+    results[f"jax_step_vs_{torch_name}"] = round(float(np.median(ratios)), 3)
+    results[f"jax_step_vs_{torch_name}_per_pair"] = [round(float(r), 3) for r in ratios]
+  if "jax_step_one_device" in rates:
+    results["jax_step_vs_jax_step_one_device"] = round(
+        paired_ratio(rates, "jax_step", "jax_step_one_device"), 3)
   print(json.dumps(results, indent=1))
   if _OUT.value:
     paths.write_json(_OUT.value, results)
