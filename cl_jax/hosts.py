@@ -20,6 +20,13 @@ def cpu_device_count(batch_size: int, cores: int) -> int:
   return max(d for d in range(1, min(cores, MAX_CPU_DEVICES) + 1) if batch_size % d == 0)
 
 
+def usable_cores() -> int:
+  """The CPUs this process may run on (its affinity mask where the OS has one, e.g. Linux)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def use_cpu_cores(batch_size: int) -> int:
   """Make JAX's CPU backend one XLA device per usable core, before JAX starts; return the count
   (0: left as it was).
@@ -27,21 +34,20 @@ def use_cpu_cores(batch_size: int) -> int:
   One XLA:CPU device runs the step's operations one after another, each non-matmul operation
   (elementwise, copies, im2col, reductions) on a single thread: in a profile of the embedded
   default's step on 2 cores, each core is busy 21-23 ms of a 38.6 ms step. With one device per
-  core the data-parallel step keeps both busy: 1.20-1.23x the steps/s of one device
-  (benchmarks/torch_reference.py, medians of 40 paired rounds).
+  core the data-parallel step keeps both busy: 1.13-1.32x the steps/s of one device
+  (benchmarks/torch_reference.py, two runs; README "Measured").
   Under jit the loss still sees the global batch (BatchNorm statistics and negatives span all
   devices), so results equal the one-device run up to float summation order.
 
-  The count is `cpu_device_count(batch_size, cores)` (it must divide the global batch). Nothing
-  changes if the user chose a count (XLA_FLAGS=--xla_force_host_platform_device_count=N or
+  The count is `cpu_device_count(batch_size, usable_cores())` (it must divide the global batch).
+  Nothing changes if the user chose a count (XLA_FLAGS=--xla_force_host_platform_device_count=N or
   JAX_NUM_CPU_DEVICES=N) or JAX has already started (a notebook that ran JAX code). On GPU/TPU
   hosts jax.devices() are the accelerators and the CPU count does not matter.
   """
   if ("xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
       or jax.config.jax_num_cpu_devices >= 0):
     return 0
-  cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  count = cpu_device_count(batch_size, cores or 1)
+  count = cpu_device_count(batch_size, usable_cores())
   try:
     jax.config.update("jax_num_cpu_devices", count)
   except RuntimeError:  # JAX has started: its device count is fixed

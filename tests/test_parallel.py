@@ -1,7 +1,6 @@
 """8 fake CPU devices give the same loss, gradients and BatchNorm statistics as 1 device on the
 same global batch (negatives and BN statistics span the whole global batch)."""
 import functools
-import os
 import subprocess
 import sys
 
@@ -80,7 +79,7 @@ def test_use_cpu_cores_splits_the_cpu_unless_the_count_is_chosen(case):
   assert done.returncode == 0, done.stderr[-2000:]
   returned, devices = map(int, done.stdout.split())
   if case == "default":
-    expected = hosts.cpu_device_count(6, len(os.sched_getaffinity(0)))
+    expected = hosts.cpu_device_count(6, hosts.usable_cores())
     assert returned == devices == expected
   else:
     assert returned == 0 and devices == (1 if case == "started" else 3)

@@ -182,7 +182,7 @@ def test_command_line_overrides_sigkill_and_sigterm_resume(tmp_path):
                         text=True, timeout=300)
   assert done.returncode == 0, done.stderr[-3000:]
   assert "step 40/40" in done.stderr and "ETA" in done.stderr
-  devices = hosts.cpu_device_count(SMALL["train.batch_size"], len(os.sched_getaffinity(0)))
+  devices = hosts.cpu_device_count(SMALL["train.batch_size"], hosts.usable_cores())
   assert f"{devices} device(s) in all (cpu)" in done.stderr  # on CPU a device per core
   assert "Test accuracy at step 40 (linear eval | online probe | 200-NN)" in done.stderr
   uninterrupted = json.loads((tmp_path / "a" / "eval.json").read_text())
