@@ -17,7 +17,10 @@ setuptools.setup(
     version="0.1.0",
     description=("JAX/Flax library and experiment runner for contrastive learning and "
                  "feature suppression (Chen et al. 2021, Xue et al. 2023, Robinson et al. 2021)."),
-    packages=setuptools.find_packages(include=["cl_jax", "cl_jax.*"]),
+    # `configs` is a package too: config files import their base (`from configs import ...`),
+    # wherever the command runs from.
+    packages=setuptools.find_packages(include=["cl_jax", "cl_jax.*", "configs"]),
+    package_data={"configs": ["*.txt", "sweeps/*.json"]},
     python_requires=">=3.11",
     # Compatible ranges; the exact versions the tests ran with are in constraints.txt.
     install_requires=[

@@ -22,11 +22,10 @@ import re
 import tempfile
 import time
 
-from cl_jax import cli, evaluate, hosts, models, optim, paths, train, validate
+from cl_jax import cli, evaluators, models, objectives, optim, paths, train, validate
 from cl_jax.data import pipeline, sources
 
 import jax  # noqa: E402  (after cl_jax.data, which imports TensorFlow quietly)
-import tensorflow as tf  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
@@ -69,9 +68,8 @@ def op_profile(run_steps, top: int, steps: int = 20) -> dict:
 
 
 def main(_):
-  tf.config.set_visible_devices([], "GPU")
   config, steps = _CONFIG.value, _STEPS.value
-  hosts.use_cpu_cores(config.train.batch_size)  # as cl_jax.main does: on CPU a device per core
+  cli.setup(config.train.batch_size)  # as cl_jax.main: on CPU a device per core
   mesh = train.create_mesh()
   validate.check_config(config, mesh.devices.size)
   split = sources.load(config.data, "train")
@@ -91,9 +89,11 @@ def main(_):
   schedule = optim.learning_rate_schedule(config.optim, batch_size, steps, per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
   shape = (1, *local["view1"].shape[1:])
-  state = train.create_train_state(model, tx, shape, config.seed, mesh)
+  objective = objectives.create(config, mesh.devices.size)
+  state = train.create_train_state(model, tx, shape, config.seed, mesh, objective)
   step_fn = jax.jit(functools.partial(
-      train.train_step, model=model, loss_config=config.loss, schedule=schedule),
+      train.train_step, model=model, objective=objective, loss_config=config.loss,
+      schedule=schedule),
       donate_argnums=(0,))
   hyper = train.traced_hyperparameters(config)
   batch = pipeline.to_global(local, mesh)
@@ -119,7 +119,9 @@ def main(_):
   test_split = sources.load(config.data, "test")
   variables = {"params": state.params, "batch_stats": state.batch_stats}
   t = time.perf_counter()
-  evaluate.linear_eval(model, variables, split, test_split, config, mesh)
+  context = evaluators.Context(model, variables, split, test_split, config, mesh,
+                               workdir=None, step=steps)
+  evaluators.EVALUATORS["linear"].evaluate(context, config.evals.linear_eval)
   eval_s = time.perf_counter() - t
 
   result = {"device": str(jax.devices()[0].device_kind), "num_devices": mesh.devices.size,

@@ -18,7 +18,7 @@ over rounds of the two rates of the same round. Callables:
 
   jax_step              the jitted cl_jax train step (cl_jax.train.train_step) as cl_jax.main
                         runs it: data-parallel over all devices, on CPU one per core
-                        (cl_jax.hosts.use_cpu_cores; PyTorch uses the same cores as threads)
+                        (cl_jax.cli.setup; PyTorch uses the same cores as threads)
   jax_step_one_device   the same step on one device (several devices only)
   jax_encoder_fwd_bwd   the ConvNet's forward + backward alone (where the step's time goes)
   jax_encoder_fwd       the ConvNet's forward alone (training mode)
@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 
-from cl_jax import cli, hosts, models, optim, paths, train
+from cl_jax import cli, models, objectives, optim, paths, train
 from cl_jax.data import pipeline, sources  # noqa: F401  (imports TensorFlow quietly first)
 
 import jax  # noqa: E402
@@ -89,7 +89,9 @@ def jax_train_step(config, batch, devices):
   model = models.create_model(config.model, {"label": 10})
   tx = optim.create_optimizer(config.optim, lambda _: config.optim.learning_rate)
   state = train.create_train_state(model, tx, (1, *batch["view1"].shape[1:]), 0, mesh)
-  step_fn = jax.jit(functools.partial(train.train_step, model=model, loss_config=config.loss,
+  step_fn = jax.jit(functools.partial(train.train_step, model=model,
+                                      objective=objectives.create(config, mesh.devices.size),
+                                      loss_config=config.loss,
                                       schedule=lambda _: config.optim.learning_rate),
                     donate_argnums=(0,))
   hyper = train.traced_hyperparameters(config)
@@ -223,7 +225,7 @@ def side_rates(side: str, config) -> dict:
            "view2": rng.uniform(size=shape).astype(np.float32),
            "label": rng.integers(0, 10, shape[0]).astype(np.int32)}
   if side == "jax":
-    hosts.use_cpu_cores(config.train.batch_size)  # as cl_jax.main: on CPU a device per core
+    cli.setup(config.train.batch_size)  # as cl_jax.main: on CPU a device per core
     steps = jax_steps(config, {k: jnp.asarray(v) for k, v in batch.items()})
     info = {"device": str(jax.devices()[0]), "jax_devices": jax.device_count(),
             "jax_version": jax.__version__}

@@ -1,18 +1,86 @@
-"""Entry points' runner: `absl.app.run`, except that a help request exits 0.
+"""The one process set-up of every entry point (cl_jax.main, the sweep, the theory simulator, the
+benchmarks) and of the Colab notebook.
 
-absl prints the help for --help / --helpshort / --helpfull / -? and then exits with status 1,
-which shells, CI and notebooks read as a failure."""
+`setup(batch_size)`, before anything runs on a device:
+- keeps library INFO chatter (Orbax's per-save lines, clu's echo of every scalar, JAX's search for
+  a TPU backend) out of the log; warnings still show;
+- hides accelerators from TensorFlow, which only runs tf.data (the GPU memory stays JAX's);
+- joins a multi-process job with `jax.distributed.initialize()` when the environment says so
+  (`distributed=True`, e.g. Cloud TPU pods and SLURM where it detects itself, or
+  JAX_NUM_PROCESSES set, as launch/local_cluster.py does);
+- otherwise, on a CPU, makes one JAX device per core (`hosts.use_cpu_cores`).
+
+`run(main)`: `absl.app.run(main)` with the exit statuses every entry point shares:
+0 done (also after a requested --help, where absl would exit 1); 1 bad input or a diverged run
+(any `spec.UserError`: `ConfigError`, `DataError`, `NonFiniteError`), as one paragraph
+"error: ..." on stderr, no traceback;
+75 (EX_TEMPFAIL) preempted after saving a checkpoint — rerun the same command to resume.
+"""
+import logging as std_logging
+import os
 import sys
+from typing import Optional
 
-from absl import app
+from absl import app, logging
 
 HELP_FLAGS = ("--help", "--helpshort", "--helpfull", "-?")
+EXIT_PREEMPTED = 75
+
+_QUIET_LOGGERS = ("/orbax/", "/clu/", "/jax/_src/xla_bridge", "/etils/")
+
+
+def quiet_library_logs():
+  """Keep library INFO records out of the absl log; their warnings still show."""
+  def keep(record) -> bool:
+    return record.levelno >= std_logging.WARNING or not any(
+        part in record.pathname for part in _QUIET_LOGGERS)
+  logging.get_absl_handler().addFilter(keep)
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+
+
+def hide_accelerators_from_tensorflow():
+  """tf.data only: keep the accelerators' memory for JAX (no-op when TensorFlow is absent)."""
+  try:
+    from cl_jax import data  # noqa: F401  pylint: disable=g-import-not-at-top  (quiet TF import)
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return
+  tf.config.set_visible_devices([], "GPU")
+
+
+def setup(batch_size: Optional[int] = None, distributed: bool = False):
+  """Set up this process (see the module docstring). `batch_size`: the global batch, which the
+  CPU device count must divide (None: leave the CPU as one device)."""
+  from cl_jax import hosts  # pylint: disable=g-import-not-at-top
+  quiet_library_logs()
+  hide_accelerators_from_tensorflow()
+  if distributed or "JAX_NUM_PROCESSES" in os.environ:
+    hosts.initialize_distributed()
+  elif batch_size:
+    hosts.use_cpu_cores(batch_size)
+  import jax  # pylint: disable=g-import-not-at-top
+  logging.info("JAX %s: process %d of %d, %d device(s) in all (%s)", jax.__version__,
+               jax.process_index(), jax.process_count(), jax.device_count(),
+               jax.devices()[0].platform)
+
+
+def _exit_codes(main):
+  def wrapped(argv):
+    from cl_jax import hosts, spec  # pylint: disable=g-import-not-at-top
+    try:
+      return main(argv)
+    except spec.UserError as e:
+      sys.exit(f"error: {e}")
+    except hosts.Preempted as e:
+      logging.warning("%s", e)
+      sys.exit(EXIT_PREEMPTED)
+  return wrapped
 
 
 def run(main) -> None:
-  """`app.run(main)`; exit status 0 after a requested help text."""
+  """`app.run(main)` with the shared exit statuses (module docstring)."""
   try:
-    app.run(main)
+    app.run(_exit_codes(main))
   except SystemExit as e:
     if e.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in sys.argv[1:]):
       sys.exit(0)

@@ -1,4 +1,6 @@
-"""Evaluation of a frozen encoder (SPEC §3 "Offline linear eval"), with memory O(N·D / devices).
+"""Evaluation of a frozen encoder (docs/method.md §3 "Offline linear eval"), memory O(N·D / devices).
+
+The computations; `cl_jax.evaluators` decides when they run and where their results go.
 
 Features h (encoder output, BatchNorm in inference mode) of the un-augmented train and test
 images — random-bit planes included — stay on the devices, their rows sharded over the mesh's
@@ -24,7 +26,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cl_jax import losses
+from cl_jax import losses, spec
 from cl_jax.data import pipeline
 from cl_jax.data.sources import Split
 
@@ -54,8 +56,7 @@ def extract_features(model, variables, split, data_config, *, seed: int, split_n
   Each process reads and encodes only its devices' rows of every eval batch
   (`pipeline.local_rows`); images, labels and the valid mask become global arrays the same way,
   so rows stay aligned with their labels whatever the order of processes in the mesh."""
-  num_devices = mesh.devices.size
-  batch_size = -(-batch_size // num_devices) * num_devices
+  batch_size = spec.round_up(batch_size, mesh.devices.size)
   rows_sharding = NamedSharding(mesh, PartitionSpec("data"))
 
   @jax.jit
@@ -124,11 +125,12 @@ def probe_accuracy(train_x, train_y, train_valid, test_x, test_y, test_valid, nu
   return float(accuracy(jnp.argmax(test_x @ w + b, axis=1), test_y, test_valid))
 
 
-def probe_all_labels(train: Features, test: Features, eval_config) -> dict:
-  """{label_name: test accuracy} of a linear probe per label, plus `bits` (the mean over bits of
-  one binary probe per bit) when the features come with random bits."""
+def probe_all_labels(train: Features, test: Features, *, l2: float, steps: int) -> dict:
+  """{label_name: test accuracy} of a linear probe per label (`steps` L-BFGS iterations, penalty
+  (l2/2)·‖W‖²), plus `bits` (the mean over bits of one binary probe per bit) when the features
+  come with random bits."""
   train_x, test_x = standardise(train.h, train.valid, test.h)
-  probe = functools.partial(probe_accuracy, l2=eval_config.l2, steps=eval_config.probe_steps)
+  probe = functools.partial(probe_accuracy, l2=l2, steps=steps)
   results = {name: probe(train_x, train.labels[name], train.valid, test_x, test.labels[name],
                          test.valid, n) for name, n in test.num_classes.items()}
   if "bits" in train.labels:
@@ -154,13 +156,6 @@ def extract_train_and_test(model, variables, train: Split, test: Split, config, 
   return extract(train, split_name="train"), extract(test, split_name="test")
 
 
-def linear_eval(model, variables, train: Split, test: Split, config, mesh) -> Mapping[str, float]:
-  """{label_name: test accuracy} for every label of the (possibly scene-composed) data, plus
-  `bits` when random_bits > 0."""
-  return probe_all_labels(*extract_train_and_test(model, variables, train, test, config, mesh),
-                          config.eval)
-
-
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk"))
 def knn_predict(train_x, train_y, train_valid, test_x, *, num_classes: int, k: int,
                 temperature: float, chunk: int = 1024):
@@ -183,11 +178,11 @@ def knn_predict(train_x, train_y, train_valid, test_x, *, num_classes: int, k: i
   return jax.lax.map(predict, chunks).reshape(-1)[:test_x.shape[0]]
 
 
-def knn_accuracies(train: Features, test: Features, eval_config) -> dict:
+def knn_accuracies(train: Features, test: Features, *, k: int, temperature: float) -> dict:
   """{label: test accuracy of the weighted k-NN classifier} on the raw features h."""
   return {name: float(accuracy(knn_predict(
-      train.h, train.labels[name], train.valid, test.h, num_classes=n, k=eval_config.knn_k,
-      temperature=eval_config.knn_temperature), test.labels[name], test.valid))
+      train.h, train.labels[name], train.valid, test.h, num_classes=n, k=k,
+      temperature=temperature), test.labels[name], test.valid))
           for name, n in test.num_classes.items()}
 
 
@@ -205,7 +200,7 @@ def host_sample(features: Features, max_rows: int, seed: int = 0):
 
 
 def representation_metrics(z1: jax.Array, z2: jax.Array) -> dict:
-  """Wang & Isola (2020) alignment and uniformity, and the effective rank (SPEC §1.8), of the
+  """Wang & Isola (2020) alignment and uniformity, and the effective rank (docs/method.md §1.8), of the
   embeddings z of two views (N×d each)."""
   z = jnp.concatenate([z1, z2])
   return {"alignment": losses.alignment(z1, z2), "uniformity": losses.uniformity(z),

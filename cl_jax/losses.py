@@ -1,4 +1,4 @@
-"""Contrastive losses as pure functions of arrays (see shared SPEC.md §1).
+"""Contrastive losses as pure functions of arrays (docs/method.md §1).
 
 Every function here works on the GLOBAL batch: under `jax.jit` over a sharded batch the
 negatives span all devices without any hand-written collective.
@@ -31,7 +31,7 @@ def _multi_positive_loss(z1, z2, positives, temperature, epsilon):
 
 
 def with_ifm(loss_at, epsilon: float, alpha: float) -> jax.Array:
-  """Implicit feature modification (Robinson et al. 2021; SPEC §1.4):
+  """Implicit feature modification (Robinson et al. 2021; docs/method.md §1.4):
   L_IFM = (L + α·L_ε) / (1 + α), where L_ε is the loss with every positive cosine similarity
   lowered by ε and every negative one raised by ε before dividing by τ (the closed form of an
   ε-ball adversarial perturbation of normalised embeddings). ε = 0 returns exactly L.
@@ -87,7 +87,7 @@ def ntxent_cross_view(z1: jax.Array, z2: jax.Array, temperature: float, *,
 
 def supcon(z1: jax.Array, z2: jax.Array, labels: jax.Array, temperature: float, *,
            ifm_epsilon: float = 0.0, ifm_alpha: float = 1.0) -> jax.Array:
-  """Supervised contrastive loss SCL (Khosla et al. 2020, L_out; SPEC §1.2).
+  """Supervised contrastive loss SCL (Khosla et al. 2020, L_out; docs/method.md §1.2).
 
   Same S as `ntxent`; for anchor i, P(i) = every other row with the same label (its other view
   included): L = mean_i −(1/|P(i)|) Σ_{p∈P(i)} log softmax_{k≠i}(S_i)[p]. With all labels
@@ -104,7 +104,7 @@ def supcon(z1: jax.Array, z2: jax.Array, labels: jax.Array, temperature: float, 
 
 def joint(z1: jax.Array, z2: jax.Array, labels: jax.Array, temperature: float, beta: float,
           **ifm) -> jax.Array:
-  """Joint loss of Xue et al. (2023): β·SCL + (1 − β)·UCL, UCL = NT-Xent (SPEC §1.3).
+  """Joint loss of Xue et al. (2023): β·SCL + (1 − β)·UCL, UCL = NT-Xent (docs/method.md §1.3).
   β = 1 → SCL (class collapse), β = 0 → UCL (feature suppression)."""
   return (beta * supcon(z1, z2, labels, temperature, **ifm) +
           (1 - beta) * ntxent(z1, z2, temperature, **ifm))
@@ -112,7 +112,7 @@ def joint(z1: jax.Array, z2: jax.Array, labels: jax.Array, temperature: float, b
 
 def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, temperature: float, *,
                  ifm_epsilon: float = 0.0, ifm_alpha: float = 1.0) -> jax.Array:
-  """MoCo InfoNCE (He et al. 2020; SPEC §1.7): logits [q·k⁺, q·queue] / τ, target 0, with q, k
+  """MoCo InfoNCE (He et al. 2020; docs/method.md §1.7): logits [q·k⁺, q·queue] / τ, target 0, with q, k
   ℓ2-normalised and `queue` [K, d] the (normalised) keys of earlier batches. IFM: the positive
   logit (q·k⁺ − ε)/τ, the negatives (q·queue + ε)/τ.
 
@@ -131,7 +131,7 @@ def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, temperature: floa
 
 
 # ------------------------------------------------------------------------------------------------
-# Generalized contrastive loss (Chen, Luo, Li 2021; SPEC §1.5, §1.6)
+# Generalized contrastive loss (Chen, Luo, Li 2021; docs/method.md §1.5, §1.6)
 
 PRIORS = ("logsumexp", "uniform_hypersphere", "gaussian", "uniform_hypercube")
 
@@ -181,7 +181,7 @@ def prior_matching(h: jax.Array, prior_samples: jax.Array, projections: jax.Arra
 
 def generalized(h1: jax.Array, h2: jax.Array, key: jax.Array, *, lam: float, temperature: float,
                 prior: str, hidden_norm: bool, scale: float = 1.0) -> jax.Array:
-  """Generalized contrastive loss  L = scale · (L_align + λ · L_dist)  (SPEC §1.5).
+  """Generalized contrastive loss  L = scale · (L_align + λ · L_dist)  (docs/method.md §1.5).
 
   h1, h2: [N, d] representations of the two views (in training: the projection-head outputs),
   ℓ2-normalised first when `hidden_norm`.
@@ -196,7 +196,7 @@ def generalized(h1: jax.Array, h2: jax.Array, key: jax.Array, *, lam: float, tem
         as in the reference colab (generalized_contrastive_loss), so there 'gaussian' and
         'uniform_hypersphere' coincide. Use hidden_norm=True with 'uniform_hypersphere'.
   Scale: with normalised h, L_align = (1 − mean cos)/d, so 'logsumexp' with λ = τ/d and
-  scale = d equals τ·NT-Xent up to the masked diagonal and a constant (SPEC §1.5).
+  scale = d equals τ·NT-Xent up to the masked diagonal and a constant (docs/method.md §1.5).
   """
   if hidden_norm:
     h1, h2 = l2_normalize(h1), l2_normalize(h2)
@@ -215,7 +215,7 @@ def generalized(h1: jax.Array, h2: jax.Array, key: jax.Array, *, lam: float, tem
 
 
 # ------------------------------------------------------------------------------------------------
-# Representation metrics (Wang & Isola 2020; SPEC §1.8)
+# Representation metrics (Wang & Isola 2020; docs/method.md §1.8)
 
 def alignment(z1: jax.Array, z2: jax.Array, alpha: float = 2.0) -> jax.Array:
   """E ‖ẑ1 − ẑ2‖^α over positive pairs of normalised embeddings (lower = better aligned)."""
@@ -237,26 +237,3 @@ def effective_rank(z: jax.Array) -> jax.Array:
   s = jnp.linalg.svd(z - z.mean(0), compute_uv=False) ** 2  # ∝ singular values of C
   p = s / jnp.sum(s)
   return jnp.exp(-jnp.sum(jnp.where(p > 0, p * jnp.log(jnp.where(p > 0, p, 1.0)), 0.0)))
-
-
-# Config name → loss of (z1, z2, batch, key, loss_config). `batch` holds the labels, `key` is the
-# step's PRNG key (for losses that draw random projections or prior samples). MoCo ("moco") needs
-# the momentum encoder and queue, so the training step computes it itself.
-def ifm_kwargs(cfg):
-  """{ifm_epsilon, ifm_alpha} of a loss config, as keyword arguments for the losses."""
-  return dict(ifm_epsilon=cfg.ifm_epsilon, ifm_alpha=cfg.ifm_alpha)
-
-
-CONTRASTIVE_LOSSES = {
-    "ntxent": lambda z1, z2, batch, key, cfg: ntxent(z1, z2, cfg.temperature,
-                                                     **ifm_kwargs(cfg)),
-    "ntxent_cross_view": lambda z1, z2, batch, key, cfg: ntxent_cross_view(
-        z1, z2, cfg.temperature, **ifm_kwargs(cfg)),
-    "supcon": lambda z1, z2, batch, key, cfg: supcon(
-        z1, z2, batch[cfg.supervised_label], cfg.temperature, **ifm_kwargs(cfg)),
-    "joint": lambda z1, z2, batch, key, cfg: joint(
-        z1, z2, batch[cfg.supervised_label], cfg.temperature, cfg.beta, **ifm_kwargs(cfg)),
-    "generalized": lambda z1, z2, batch, key, cfg: generalized(
-        z1, z2, key, lam=cfg.lam, temperature=cfg.temperature, prior=cfg.prior,
-        hidden_norm=cfg.hidden_norm, scale=cfg.scale),
-}

@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule from the config (SPEC §3), built from optax parts."""
+"""Optimizer and learning-rate schedule from the config (docs/method.md §3), built from optax parts."""
 import math
 
 import flax
@@ -7,9 +7,21 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-OPTIMIZERS = ("adam", "sgd", "lars")
+from cl_jax import spec
+
 SCHEDULES = ("cosine", "linear", "constant")
 LR_SCALINGS = ("none", "linear", "sqrt")
+
+# The fields of config.optim: those every optimizer reads, and per optimizer.
+FIELDS = {
+    "learning_rate": spec.positive(),
+    "lr_scaling": spec.one_of(*LR_SCALINGS),
+    "schedule": spec.one_of(*SCHEDULES),
+    "warmup_epochs": spec.at_least(0),
+    "weight_decay": spec.at_least(0),
+}
+_MOMENTUM = {"momentum": spec.in_range(0, 1, closed_high=False)}
+OPTIMIZER_FIELDS = {"adam": _MOMENTUM, "sgd": _MOMENTUM, "lars": _MOMENTUM}
 
 
 def learning_rate_schedule(optim_config: ml_collections.ConfigDict, batch_size: int,
@@ -51,12 +63,13 @@ def kernel_l2_penalty(params) -> jax.Array:
 
 def create_optimizer(optim_config: ml_collections.ConfigDict,
                      schedule: optax.Schedule) -> optax.GradientTransformation:
-  """adam (adamw when weight_decay > 0), sgd with momentum, or LARS (trust coefficient 1e-3)."""
+  """adam (adamw when weight_decay > 0; `momentum` is its β1, the decay of the first-moment
+  average), sgd with momentum, or LARS (trust coefficient 1e-3)."""
   wd = optim_config.weight_decay
   if optim_config.name == "adam":
     if wd > 0:
-      return optax.adamw(schedule, weight_decay=wd, mask=decay_mask)
-    return optax.adam(schedule)
+      return optax.adamw(schedule, b1=optim_config.momentum, weight_decay=wd, mask=decay_mask)
+    return optax.adam(schedule, b1=optim_config.momentum)
   if optim_config.name == "sgd":
     return optax.chain(optax.add_decayed_weights(wd, mask=decay_mask),
                        optax.sgd(schedule, momentum=optim_config.momentum))

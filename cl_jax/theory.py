@@ -4,7 +4,7 @@
 
 writes claims.json, summary.txt and PNGs testing the paper's five claims on a linear model.
 
-Model (SPEC §4; choices where the paper is silent are marked [choice]).
+Model (docs/method.md §4; choices where the paper is silent are marked [choice]).
   Data, x ∈ R^d:  x = a_c·y·e1 + a_s·s·e2 + Σ_j a_e·z_j·e_{2+j} + ξ
     y ∈ {±1} class, s ∈ {±1} subclass, z_j ∈ {±1} k class-irrelevant "easy" features (easy = high
     variance a_e² > a_c²), ξ ~ N(0, σ²/(d−2−k)) on the remaining d−2−k coordinates (‖ξ‖ ≈ σ).
@@ -55,12 +55,11 @@ import ml_collections
 import numpy as np
 
 from cl_jax import paths
+from cl_jax.spec import ConfigError
 
 LOSSES = ("scl", "ucl", "joint")
 
 
-class ConfigError(ValueError):
-  """An invalid simulator config (the message names the field and the valid values)."""
 AUGMENTATIONS = ("imperfect", "good")
 
 
@@ -591,10 +590,9 @@ def run(c, workdir) -> dict:
 
 def main(argv):
   del argv
-  try:
-    claims = run(_CONFIG.value, _WORKDIR.value)
-  except ConfigError as e:
-    raise SystemExit(f"error: {e}") from None
+  from cl_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.setup()
+  claims = run(_CONFIG.value, _WORKDIR.value)
   print(summary_text(claims), end="")
   print(f"wrote {_WORKDIR.value}/claims.json, summary.txt, dynamics.png, suppression.png "
         f"({claims['wall_seconds']:.1f} s)")

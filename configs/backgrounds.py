@@ -1,4 +1,4 @@
-"""Digits on distinct backgrounds (Xue et al. 2023; SPEC §2.5): with a background shared by both
+"""Digits on distinct backgrounds (Xue et al. 2023; docs/method.md §2.5): with a background shared by both
 views, the easy background feature suppresses the digit; augmentation that replaces the background
 per view removes the shortcut.
 
@@ -10,13 +10,11 @@ Each digit gets a background fixed per image (one of data.num_backgrounds crops 
 sample photographs; label `background`), or — shared_background=False — every view draws its
 own. eval.json: `label` (digit) and, when shared, `background`.
 """
-from cl_jax.config_files import sibling
+from configs import common, simclr_randbit
 
 
 def get_config(arg=None):
-  if arg not in (None, "mnist"):
-    raise ValueError(f"Unknown variant {arg!r} of backgrounds: use none or 'mnist'.")
-  c = sibling(__file__, "simclr_randbit").get_config()
+  c = simclr_randbit.get_config()
   c.data.image_size = 32
   c.data.random_bits = 0
   c.data.scene = "backgrounds"
@@ -24,10 +22,12 @@ def get_config(arg=None):
   c.data.num_backgrounds = 64
   c.data.shared_background = True  # the knob: False replaces the background in every view
   c.data.crop_area_min = 0.5
-  if arg == "mnist":
-    c.data.dataset = "mnist"
-    c.data.image_size = 64
-    c.data.digit_size = 28
-    c.data.num_backgrounds = 1000
-    c.train.num_epochs = 100
-  return c
+  return common.with_variant(c, arg, {"mnist": mnist}, "backgrounds")
+
+
+def mnist(c):
+  c.data.dataset = "mnist"
+  c.data.image_size = 64
+  c.data.digit_size = 28
+  c.data.num_backgrounds = 1000
+  c.train.num_epochs = 100

@@ -1,4 +1,4 @@
-"""Feature suppression by channel addition: digits on images (Chen, Luo, Li 2021; SPEC §2.2).
+"""Feature suppression by channel addition: digits on images (Chen, Luo, Li 2021; docs/method.md §2.2).
 
   python -m cl_jax.main --config=configs/digits_on_images.py --workdir=runs/doi_u16
   python -m cl_jax.main --config=configs/digits_on_images.py --workdir=runs/doi_u1 \
@@ -12,13 +12,11 @@ finding: with more unique digits, object accuracy falls while digit accuracy ris
 Embedded default: crops of scikit-learn's two sample photographs (label = which photograph) with
 the embedded 8×8 digits, 32 px, the colab ConvNet.
 """
-from cl_jax.config_files import sibling
+from configs import common, simclr_randbit
 
 
 def get_config(arg=None):
-  if arg not in (None, "tf_flowers"):
-    raise ValueError(f"Unknown variant {arg!r} of digits_on_images: use none or 'tf_flowers'.")
-  c = sibling(__file__, "simclr_randbit").get_config()
+  c = simclr_randbit.get_config()
   c.data.dataset = "photos"
   c.data.image_size = 32
   c.data.random_bits = 0
@@ -32,18 +30,21 @@ def get_config(arg=None):
   c.data.flip = True
   c.data.color_jitter = 0.5
   c.data.grayscale_prob = 0.2
-  c.eval.kmeans_clusters = (2, 4, 8)
-  if arg == "tf_flowers":
-    c.data.dataset = "tf_flowers"
-    c.data.digit_dataset = "mnist"
-    c.data.image_size = 128
-    c.data.digit_fraction = 1 / 8  # the colab's: 28-px digits on 224-px images
-    c.data.crop_area_min = 0.08
-    c.data.color_jitter = 1.0
-    c.data.blur_prob = 0.5
-    c.model.encoder = "resnet18"
-    c.model.head_hidden_dim = 512
-    c.model.embed_dim = 128
-    c.train.batch_size = 256
-    c.train.num_epochs = 200
-  return c
+  c.evals.kmeans = dict(type="kmeans", clusters=(2, 4, 8), num_fit=256, num_images=8,
+                        every_steps=0, at_end=True)  # local_features_k<K>.png
+  return common.with_variant(c, arg, {"tf_flowers": tf_flowers}, "digits_on_images")
+
+
+def tf_flowers(c):
+  c.data.dataset = "tf_flowers"
+  c.data.digit_dataset = "mnist"
+  c.data.image_size = 128
+  c.data.digit_fraction = 1 / 8  # the colab's: 28-px digits on 224-px images
+  c.data.crop_area_min = 0.08
+  c.data.color_jitter = 1.0
+  c.data.blur_prob = 0.5
+  c.model.encoder = "resnet18"
+  c.model.head_hidden_dim = 512
+  c.model.embed_dim = 128
+  c.train.batch_size = 256
+  c.train.num_epochs = 200

@@ -1,4 +1,4 @@
-"""Generalized contrastive losses (Chen, Luo, Li 2021; SPEC §1.5): L = scale·(L_align + λ·L_dist)
+"""Generalized contrastive losses (Chen, Luo, Li 2021; docs/method.md §1.5): L = scale·(L_align + λ·L_dist)
 with L_dist = logsumexp (uniform-hypersphere prior, decoupled NT-Xent) or the sliced-Wasserstein
 distance to a gaussian / uniform_hypercube / uniform_hypersphere prior.
 
@@ -15,11 +15,11 @@ Per-prior settings used in our experiments (the paper's per-variant λ/τ are no
 `--config.loss.name=ntxent` trains plain NT-Xent from the same config for comparison;
 `--config.model.head_layers=2|3` gives the paper's 2- and 3-layer heads.
 """
-from cl_jax.config_files import sibling
+from configs import simclr_randbit
 
 
 def get_config(arg=None):
-  c = sibling(__file__, "simclr_randbit").get_config(arg)
+  c = simclr_randbit.get_config(arg)  # its variants (e.g. :cifar10) apply here too
   c.model.head_layers = 3
   c.loss.name = "generalized"
   c.loss.prior = "logsumexp"

@@ -1,4 +1,4 @@
-"""MoCo-v2 with implicit feature modification (Robinson et al. 2021; SPEC §1.4, §1.7).
+"""MoCo-v2 with implicit feature modification (Robinson et al. 2021; docs/method.md §1.4, §1.7).
 
   python -m cl_jax.main --config=configs/moco_ifm.py --workdir=runs/moco_ifm      # ε = 0.1
   python -m cl_jax.main --config=configs/moco_ifm.py --workdir=runs/moco --config.loss.ifm_epsilon=0
@@ -19,13 +19,11 @@ list (configs/imagenet100_classes.txt, via data.class_subset), relabelled 0..99.
 """
 import os
 
-from cl_jax.config_files import sibling
+from configs import common, simclr_randbit
 
 
 def get_config(arg=None):
-  if arg not in (None, "imagenet100"):
-    raise ValueError(f"Unknown variant {arg!r} of moco_ifm: use none or 'imagenet100'.")
-  c = sibling(__file__, "simclr_randbit").get_config()
+  c = simclr_randbit.get_config()
   c.model.head_batchnorm = False
   c.model.head_hidden_dim = 128
   c.loss.name = "moco"
@@ -34,28 +32,30 @@ def get_config(arg=None):
   c.loss.queue_size = 1024         # K keys; a multiple of train.batch_size
   c.loss.bn_groups = 0             # shuffle-BN groups; 0 = one per device, at least 2
   c.loss.ifm_epsilon = 0.1
-  if arg == "imagenet100":
-    c.data.dataset = "imagenet2012"
-    c.data.streaming = True        # ArrayRecord random access; JPEG crops decoded in one op
-    c.data.class_subset = os.path.join(os.path.dirname(__file__), "imagenet100_classes.txt")
-    c.data.image_size = 224
-    c.data.random_bits = 0
-    c.data.crop_area_min = 0.2
-    c.data.flip = True
-    c.data.color_jitter = 0.5      # MoCo-v2 "aug-plus": jitter (0.4, 0.4, 0.4, 0.1) p=0.8
-    c.data.grayscale_prob = 0.2
-    c.data.blur_prob = 0.5
-    c.model.encoder = "resnet50"
-    c.model.head_hidden_dim = 2048
-    c.model.embed_dim = 128
-    c.loss.queue_size = 65536
-    c.optim.name = "sgd"
-    c.optim.learning_rate = 0.4
-    c.optim.lr_scaling = "linear"
-    c.optim.schedule = "cosine"
-    c.optim.weight_decay = 1e-4
-    c.train.batch_size = 512
-    c.train.num_epochs = 200
-    c.train.log_every_steps = 100
-    c.train.checkpoint_every_steps = 2500
-  return c
+  return common.with_variant(c, arg, {"imagenet100": imagenet100}, "moco_ifm")
+
+
+def imagenet100(c):
+  c.data.dataset = "imagenet2012"
+  c.data.streaming = True        # ArrayRecord random access; JPEG crops decoded in one op
+  c.data.class_subset = os.path.join(os.path.dirname(__file__), "imagenet100_classes.txt")
+  c.data.image_size = 224
+  c.data.random_bits = 0
+  c.data.crop_area_min = 0.2
+  c.data.flip = True
+  c.data.color_jitter = 0.5      # MoCo-v2 "aug-plus": jitter (0.4, 0.4, 0.4, 0.1) p=0.8
+  c.data.grayscale_prob = 0.2
+  c.data.blur_prob = 0.5
+  c.model.encoder = "resnet50"
+  c.model.head_hidden_dim = 2048
+  c.model.embed_dim = 128
+  c.loss.queue_size = 65536
+  c.optim.name = "sgd"
+  c.optim.learning_rate = 0.4
+  c.optim.lr_scaling = "linear"
+  c.optim.schedule = "cosine"
+  c.optim.weight_decay = 1e-4
+  c.train.batch_size = 512
+  c.train.num_epochs = 200
+  c.train.log_every_steps = 100
+  c.train.checkpoint_every_steps = 2500

@@ -1,4 +1,4 @@
-"""The Xue et al. (2023) linear-model simulator (cl_jax/theory.py; SPEC §4).
+"""The Xue et al. (2023) linear-model simulator (cl_jax/theory.py; docs/method.md §4).
 
   python -m cl_jax.theory --config=configs/theory.py --workdir=runs/theory [--config.p=8 ...]
 

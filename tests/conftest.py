@@ -35,7 +35,7 @@ def subprocess_env() -> dict:
 # The small model and batch of every training test, as dotted overrides (also passed on the
 # command line and to multi-process workers).
 SMALL = {"model.head_hidden_dim": 32, "model.embed_dim": 16, "train.batch_size": 64,
-         "eval.probe_steps": 20}
+         "evals.linear_eval.probe_steps": 20, "evals.curve.probe_steps": 20}
 
 
 def shrink(config, num_steps: int = 6):

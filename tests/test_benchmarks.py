@@ -12,7 +12,7 @@ def test_throughput_benchmark_writes_its_json(tmp_path):
       [sys.executable, "benchmarks/throughput.py", "--config=configs/simclr_randbit.py",
        "--steps=3", f"--out={out}", "--config.model.head_hidden_dim=16",
        "--config.model.embed_dim=8", "--config.train.batch_size=64",
-       "--config.eval.probe_steps=5", "--profile=4"],
+       "--config.evals.linear_eval.probe_steps=5", "--profile=4"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env=subprocess_env())
   assert done.returncode == 0, done.stderr[-3000:]

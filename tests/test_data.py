@@ -1,4 +1,4 @@
-"""Data: embedded source, random bits (SPEC §2.1), two-view pipeline determinism and slicing."""
+"""Data: embedded source, random bits (docs/method.md §2.1), two-view pipeline determinism and slicing."""
 import jax
 import numpy as np
 import pytest

@@ -85,8 +85,9 @@ def test_sharded_probe_and_knn_equal_the_single_device_computation():
     tr = _features(train_x, {"label": train_y}, {"label": 3}, mesh, n_valid=90)
     te = _features(test_x, {"label": test_y}, {"label": 3}, mesh, n_valid=37)
     assert len(tr.h.sharding.device_set) == len(devices)
-    results[len(devices)] = (evaluate.probe_all_labels(tr, te, config),
-                             evaluate.knn_accuracies(tr, te, config))
+    results[len(devices)] = (
+        evaluate.probe_all_labels(tr, te, l2=config.l2, steps=config.probe_steps),
+        evaluate.knn_accuracies(tr, te, k=config.knn_k, temperature=config.knn_temperature))
   assert len(jax.devices()) == 8
   np.testing.assert_allclose(results[8][0]["label"], results[1][0]["label"], atol=1 / 37 + 1e-6)
   np.testing.assert_allclose(results[1][0]["label"], expected, atol=1 / 37 + 1e-6)

@@ -66,7 +66,7 @@ def test_gs_workdir_trains_crashes_resumes_and_writes_every_output(digits_config
                                                                    gcs_bucket, monkeypatch):
   one_device = jax.devices()[:1]
   uninterrupted_batches = pipeline.global_batches
-  digits_config.eval.every_steps = 3
+  digits_config.evals.curve.every_steps = 3
   local = train.train_and_evaluate(digits_config, str(tmp_path / "local"), one_device)
 
   workdir = f"{gcs_bucket}/runs/randbit"

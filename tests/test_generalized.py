@@ -168,7 +168,7 @@ def test_each_instantiation_trains_end_to_end(prior, hidden_norm, tmp_path):
   config.loss.prior, config.loss.hidden_norm = prior, hidden_norm
   config.model.update(head_hidden_dim=32, embed_dim=16)
   config.train.update(batch_size=64, num_steps=3, log_every_steps=1)
-  config.eval.probe_steps = 10
+  config.evals.linear_eval.probe_steps = 10
   result = train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
   assert result["step"] == 3 and 0 <= result["linear_eval"]["label"] <= 1
   assert set(result["metrics"]) == {"alignment", "uniformity", "effective_rank"}

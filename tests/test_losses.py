@@ -10,7 +10,7 @@ from cl_jax import losses
 
 
 def naive_ntxent(z1, z2, temperature):
-  """SPEC §1.1 written as explicit loops over anchors and candidates."""
+  """docs/method.md §1.1 written as explicit loops over anchors and candidates."""
   z = [v / jnp.linalg.norm(v) for v in list(z1) + list(z2)]
   n2, n = len(z), len(z1)
   total = 0.0
@@ -48,7 +48,7 @@ def test_ntxent_is_low_for_matching_views_and_scale_invariant():
 
 
 def naive_supcon(z1, z2, labels, temperature, epsilon=0.0):
-  """SPEC §1.2 (+ the IFM shift of §1.4) with explicit loops over anchors and candidates."""
+  """docs/method.md §1.2 (+ the IFM shift of §1.4) with explicit loops over anchors and candidates."""
   z = [v / jnp.linalg.norm(v) for v in list(z1) + list(z2)]
   y = list(labels) + list(labels)
   total, count = 0.0, 0

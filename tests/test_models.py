@@ -128,7 +128,7 @@ def test_bfloat16_step_is_close_to_float32_and_learns():
   significant bits, ≈0.4% error per activation, averaged over the batch by the loss), the
   gradients point the same way (cosine > 0.98; measured 0.990: per-entry bf16 noise), and 20 Adam
   steps lower the loss as float32's do."""
-  from cl_jax import train  # pylint: disable=g-import-not-at-top
+  from cl_jax import objectives, train  # pylint: disable=g-import-not-at-top
   from configs import simclr_randbit  # pylint: disable=g-import-not-at-top
   config = simclr_randbit.get_config()
   rng = np.random.default_rng(0)
@@ -143,9 +143,9 @@ def test_bfloat16_step_is_close_to_float32_and_learns():
   for dtype, model in models_by_dtype.items():
     loss_and_grad = jax.jit(functools.partial(
         jax.value_and_grad(train.compute_loss, has_aux=True), model=model,
-        loss_config=config.loss))
+        objective=objectives.create(config, 1), loss_config=config.loss))
     (total, (metrics, stats, _)), g = loss_and_grad(variables["params"],
-                                                    variables["batch_stats"], batch, None)
+                                                    variables["batch_stats"], None, batch, None)
     assert total.dtype == jnp.float32 and metrics["loss"].dtype == jnp.float32
     assert all(x.dtype == jnp.float32 for x in jax.tree.leaves((g, stats)))
     losses_by_dtype[dtype], grads[dtype] = float(metrics["loss"]), g
@@ -163,7 +163,8 @@ def test_bfloat16_step_is_close_to_float32_and_learns():
     state = train.TrainState.create(apply_fn=model.apply, params=variables["params"],
                                     batch_stats=variables["batch_stats"], tx=tx)
     step = jax.jit(lambda s, b, model=model: train.train_step(
-        s, b, train.traced_hyperparameters(config), model=model, loss_config=config.loss,
+        s, b, train.traced_hyperparameters(config), model=model,
+        objective=objectives.create(config, 1), loss_config=config.loss,
         schedule=lambda _: 1e-3))
     values = []
     for _ in range(20):

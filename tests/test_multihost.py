@@ -16,7 +16,7 @@ from configs import simclr_randbit
 from tests.conftest import REPO, SMALL, subprocess_env
 
 OVERRIDES = {**SMALL, "train.num_steps": 30, "train.log_every_steps": 10,
-             "train.checkpoint_every_steps": 1000, "eval.every_steps": 10}
+             "train.checkpoint_every_steps": 1000, "evals.curve.every_steps": 10}
 
 
 def _launch(workdir, order: str) -> subprocess.Popen:
@@ -73,3 +73,53 @@ def test_two_processes_interleaved_mesh_preempted_and_resumed_equal_one_process(
   sweep.apply_overrides(config, OVERRIDES)
   one_process = train.train_and_evaluate(config, str(tmp_path / "one_process"))  # 8 devices
   _assert_same_eval(two_processes, one_process)
+
+
+SWEEP_OVERRIDES = {**SMALL, "train.num_steps": 20, "train.log_every_steps": 5,
+                   "train.checkpoint_every_steps": 1000, "evals.curve.every_steps": 5,
+                   "evals.linear_eval.probe_steps": 5, "evals.curve.probe_steps": 5,
+                   **{f"evals.{name}.at_end": False for name in ("knn", "metrics", "embeddings")}}
+
+
+def test_sweep_on_two_processes_is_preempted_and_resumed(tmp_path):
+  """The sweep runs on a multi-process job like cl_jax.main (launch/local_cluster.py): every
+  process trains every run, SIGTERM saves the run in progress and exits 75, rerunning finishes
+  the sweep without retraining what was done."""
+  spec = tmp_path / "sweep.json"
+  spec.write_text(json.dumps({"axes": {"bits": {"0": {"data.random_bits": 0},
+                                                "2": {"data.random_bits": 2}}},
+                              "overrides": SWEEP_OVERRIDES, "seeds": 1}))
+  workdir = tmp_path / "sweep"
+
+  def launch():
+    return subprocess.Popen(
+        [sys.executable, "launch/local_cluster.py", "--processes=2", "--devices_per_process=2",
+         "--module=cl_jax.analysis.sweep", "--", "--config=configs/simclr_randbit.py",
+         f"--sweep={spec}", f"--workdir={workdir}"],
+        cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        text=True)
+
+  job = launch()
+  deadline = time.time() + 300
+  while not (workdir / "2" / "seed0" / "curve.json").exists():  # the second run is training
+    assert job.poll() is None, job.stderr.read()[-3000:]
+    assert time.time() < deadline, "no training progress"
+    time.sleep(0.1)
+  job.send_signal(signal.SIGTERM)
+  _, stderr = job.communicate(timeout=120)
+  assert job.returncode == 75, stderr[-3000:]
+  assert "Traceback" not in stderr
+  first = workdir / "0" / "seed0" / "eval.json"
+  finished = first.stat().st_mtime_ns
+  assert not (workdir / "2" / "seed0" / "eval.json").exists()
+  assert not (workdir / "results.json").exists()
+
+  job = launch()
+  _, stderr = job.communicate(timeout=300)
+  assert job.returncode == 0, stderr[-3000:]
+  assert "Resumed from checkpoint at step" in stderr
+  assert first.stat().st_mtime_ns == finished  # the finished run was read back, not retrained
+  rows = json.loads((workdir / "results.json").read_text())
+  assert [r["name"] for r in rows] == ["0", "2"]
+  assert set(rows[1]["linear_eval"]) == {"label", "bits"}
+  assert [p["step"] for p in rows[1]["runs"][0]["curve"]] == [5, 10, 15, 20]

@@ -8,7 +8,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from cl_jax import losses, models, optim, train, validate
+from cl_jax import losses, models, objectives, optim, train, validate
 from cl_jax.data import pipeline, sources
 from configs import moco_ifm, supcon_joint
 
@@ -18,15 +18,15 @@ ONE_DEVICE = jax.devices()[:1]
 def test_momentum_update_is_the_ema():
   key = {"w": jnp.array([1.0, 2.0])}
   query = {"w": jnp.array([3.0, -2.0])}
-  np.testing.assert_allclose(train.momentum_update(key, query, 0.9)["w"], [1.2, 1.6], rtol=1e-6)
-  assert train.momentum_update(key, query, 0.0)["w"].tolist() == [3.0, -2.0]
+  np.testing.assert_allclose(objectives.momentum_update(key, query, 0.9)["w"], [1.2, 1.6], rtol=1e-6)
+  assert objectives.momentum_update(key, query, 0.0)["w"].tolist() == [3.0, -2.0]
 
 
 def test_queue_is_fifo_over_whole_batches():
   queue, ptr = jnp.zeros((6, 2)), jnp.zeros((), jnp.int32)
   batches = [jnp.full((2, 2), float(i)) for i in range(1, 5)]
   for b in batches:
-    queue, ptr = train.enqueue(queue, ptr, b)
+    queue, ptr = objectives.enqueue(queue, ptr, b)
   assert queue.shape == (6, 2) and int(ptr) == 2
   # Batch 1 (the oldest) was overwritten by batch 4; 2, 3, 4 remain.
   assert sorted(set(queue[:, 0].tolist())) == [2.0, 3.0, 4.0]
@@ -40,29 +40,31 @@ def test_moco_step_moves_key_encoder_and_fills_queue(tmp_path, small):
   split = sources.load(config.data, "train")
   model = models.create_model(config.model, split.num_classes)
   tx = optim.create_optimizer(config.optim, lambda _: 1e-2)
-  state = train.create_train_state(model, tx, (1, 16, 16, 6), 0, mesh, queue_size=128)
+  objective = objectives.create(config, mesh.devices.size)
+  state = train.create_train_state(model, tx, (1, 16, 16, 6), 0, mesh, objective)
   before = jax.device_get(state)
-  np.testing.assert_allclose(jnp.linalg.norm(before.momentum["queue"], axis=1), 1.0, rtol=1e-5)
+  np.testing.assert_allclose(jnp.linalg.norm(before.objective_state["queue"], axis=1), 1.0,
+                             rtol=1e-5)
   ds = pipeline.train_dataset(split, config.data, seed=0, batch_size=64, start_step=0,
                               num_steps=2)
   step = jax.jit(lambda s, b: train.train_step(s, b, train.traced_hyperparameters(config),
-                                               model=model, loss_config=config.loss,
-                                               schedule=lambda _: 1e-2))
+                                               model=model, objective=objective,
+                                               loss_config=config.loss, schedule=lambda _: 1e-2))
   query_params = [before.params]
   for batch in pipeline.global_batches(ds, mesh):
     state, _ = step(state, batch)
     query_params.append(jax.device_get(state.params))
   after = jax.device_get(state)
-  assert int(after.momentum["queue_ptr"]) == 0  # 2 batches of 64 filled K = 128
-  assert not np.allclose(after.momentum["queue"], before.momentum["queue"])
-  np.testing.assert_allclose(jnp.linalg.norm(after.momentum["queue"], axis=1), 1.0, rtol=1e-5)
+  assert int(after.objective_state["queue_ptr"]) == 0  # 2 batches of 64 filled K = 128
+  assert not np.allclose(after.objective_state["queue"], before.objective_state["queue"])
+  np.testing.assert_allclose(jnp.linalg.norm(after.objective_state["queue"], axis=1), 1.0, rtol=1e-5)
   # The key encoder is moved before each step's forward pass (as in MoCo): after step 1
   # θ_k = m·θ_k0 + (1 − m)·θ_q0 = θ_q0 (θ_k0 is a copy), after step 2 θ_k = m·θ_q0 + (1 − m)·θ_q1.
   m = config.loss.momentum
   expected = jax.tree.map(lambda q0, q1: m * q0 + (1 - m) * q1, *query_params[:2])
-  for a, b in zip(jax.tree.leaves(after.momentum["params"]), jax.tree.leaves(expected)):
+  for a, b in zip(jax.tree.leaves(after.objective_state["params"]), jax.tree.leaves(expected)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
-  assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(after.momentum["params"]),
+  assert max(np.abs(a - b).max() for a, b in zip(jax.tree.leaves(after.objective_state["params"]),
                                                  jax.tree.leaves(before.params))) > 0
 
   # The whole state (queue, pointer, key encoder) survives an Orbax round trip.
@@ -70,7 +72,7 @@ def test_moco_step_moves_key_encoder_and_fills_queue(tmp_path, small):
   manager.save(2, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                           config=ocp.args.JsonSave(json.loads(config.to_json()))))
   manager.wait_until_finished()
-  fresh = train.create_train_state(model, tx, (1, 16, 16, 6), 1, mesh, queue_size=128)
+  fresh = train.create_train_state(model, tx, (1, 16, 16, 6), 1, mesh, objective)
   restored = manager.restore(2, args=ocp.args.Composite(state=ocp.args.StandardRestore(
       jax.tree.map(ocp.utils.to_shape_dtype_struct, fresh))))["state"]
   for a, b in zip(jax.tree.leaves(jax.device_get(restored)), jax.tree.leaves(after)):
@@ -98,7 +100,7 @@ def test_coarse_labels_for_digits_and_cifar100():
 def test_scl_ucl_joint_train_with_coarse_labels_and_curve(loss, tmp_path, small):
   config = small(supcon_joint.get_config())
   config.loss.name = loss
-  config.eval.every_steps = 3
+  config.evals.curve.every_steps = 3
   result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
   assert set(result["linear_eval"]) == {"label", "subclass", "bits"}
   assert [p["step"] for p in result["curve"]] == [3, 6]
@@ -111,7 +113,7 @@ def test_scl_ucl_joint_train_with_coarse_labels_and_curve(loss, tmp_path, small)
 def test_moco_and_curve_resume_exactly(tmp_path, monkeypatch, small):
   config = small(moco_ifm.get_config())
   config.loss.queue_size = 128
-  config.eval.every_steps = 2
+  config.evals.curve.every_steps = 2
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"), ONE_DEVICE)
   original = pipeline.global_batches
 
@@ -148,7 +150,8 @@ def test_supcon_outside_its_config_names_the_config(tmp_path):
   from configs import simclr_randbit
   config = simclr_randbit.get_config()
   config.loss.name = "supcon"
-  with pytest.raises(validate.ConfigError, match="needs loss.supervised_label, loss.beta"):
+  with pytest.raises(validate.ConfigError,
+                     match=r"needs loss.supervised_label; start from configs/supcon_joint.py"):
     train.train_and_evaluate(config, str(tmp_path))
 
 
@@ -175,8 +178,8 @@ def test_views_one_at_a_time_normalise_each_view_with_its_own_statistics():
            "label": jax.random.randint(k3, (8,), 0, 10)}
   variables = model.init(jax.random.PRNGKey(1), batch["view1"], train=False)
   total, (metrics, stats, _) = train.compute_loss(
-      variables["params"], variables["batch_stats"], batch, None, model=model,
-      loss_config=config.loss, concat_views=False)
+      variables["params"], variables["batch_stats"], None, batch, None, model=model,
+      objective=objectives.create(config, 1), loss_config=config.loss)
 
   apply = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
   (_, z1, logits1), after1 = apply(variables, batch["view1"])
@@ -189,8 +192,10 @@ def test_views_one_at_a_time_normalise_each_view_with_its_own_statistics():
   for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(after2["batch_stats"])):
     np.testing.assert_allclose(a, b, rtol=1e-6)
   # One batch of both views normalises with the pooled statistics: a different loss.
-  pooled, _ = train.compute_loss(variables["params"], variables["batch_stats"], batch, None,
-                                 model=model, loss_config=config.loss, concat_views=True)
+  config.train.concat_views = True
+  pooled, _ = train.compute_loss(variables["params"], variables["batch_stats"], None, batch, None,
+                                 model=model, objective=objectives.create(config, 1),
+                                 loss_config=config.loss)
   assert abs(float(pooled) - float(total)) > 1e-4
 
 
@@ -207,19 +212,25 @@ def test_shuffle_bn_matches_an_explicit_per_group_reference(small):
   variables = model.init(jax.random.PRNGKey(1), batch["view1"], train=False)
   queue = losses.l2_normalize(jax.random.normal(k3, (16, config.model.embed_dim)))
   momentum = {"params": jax.tree.map(lambda p: p * 1.01, variables["params"]),
-              "batch_stats": variables["batch_stats"], "queue": queue}
+              "batch_stats": variables["batch_stats"], "queue": queue,
+              "queue_ptr": jnp.zeros((), jnp.int32)}
   step_key = jax.random.PRNGKey(7)
 
   def run(groups):
-    return train.compute_loss(variables["params"], variables["batch_stats"], batch, step_key,
-                              model=model, loss_config=config.loss, momentum=momentum,
-                              bn_groups=groups)
+    config.loss.bn_groups = groups
+    return train.compute_loss(variables["params"], variables["batch_stats"], momentum, batch,
+                              step_key, model=model, objective=objectives.create(config, 1),
+                              loss_config=config.loss)
 
   apply = lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
-  key_vars = {"params": momentum["params"], "batch_stats": momentum["batch_stats"]}
+  # The objective first moves the key encoder towards the query encoder (EMA), then encodes.
+  key_vars = {"params": objectives.momentum_update(momentum["params"], variables["params"],
+                                                   config.loss.momentum),
+              "batch_stats": momentum["batch_stats"]}
   shuffle = np.asarray(jax.random.permutation(jax.random.fold_in(step_key, 0x5B), 8))
   for groups in (1, 2, 4):
-    total, (metrics, stats, (key_stats, keys)) = run(groups)
+    total, (metrics, stats, new_state) = run(groups)
+    key_stats, keys = new_state["batch_stats"], new_state["queue"][:8]  # enqueued at 0
     size = 8 // groups
     ref_keys, ref_queries, ref_key_stats = np.zeros((8, config.model.embed_dim)), [], []
     for g in range(groups):

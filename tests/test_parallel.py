@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from cl_jax import hosts, models, optim, train
+from cl_jax import hosts, models, objectives, optim, train
 from cl_jax.data import pipeline, sources
 from tests.conftest import REPO, subprocess_env
 
@@ -27,9 +27,11 @@ def test_eight_devices_equal_one_device(digits_config):
     state = train.create_train_state(model, tx, input_shape, 0, mesh)
     batch = pipeline.to_global(local, mesh)
     assert len(batch["view1"].sharding.device_set) == mesh.devices.size
-    loss = functools.partial(train.compute_loss, model=model, loss_config=config.loss)
+    loss = functools.partial(train.compute_loss, model=model,
+                             objective=objectives.create(config, mesh.devices.size),
+                             loss_config=config.loss)
     fn = jax.jit(jax.value_and_grad(loss, has_aux=True))
-    (total, (metrics, stats, _)), grads = fn(state.params, state.batch_stats, batch,
+    (total, (metrics, stats, _)), grads = fn(state.params, state.batch_stats, None, batch,
                                           jax.random.PRNGKey(0))
     return jax.device_get((total, metrics, stats, grads))
 

@@ -1,4 +1,5 @@
-"""Feature-control scenes (SPEC §2.2–2.5): placement rules, labels, determinism, sharing."""
+"""Feature-control scenes (docs/method.md §2.2–2.5): placement rules, labels, determinism, sharing."""
+import importlib
 import ml_collections
 import numpy as np
 import pytest
@@ -188,11 +189,10 @@ def test_digits_on_photos_source_and_unique_digit_pool():
 def test_feature_configs_train_end_to_end(name, labels, tmp_path, small):
   import jax
   from cl_jax import train
-  from cl_jax.config_files import sibling
-  config = small(sibling(__file__.replace("tests", "configs"), name).get_config(), 3)
+  config = small(importlib.import_module(f"configs.{name}").get_config(), 3)
   result = train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
   assert set(result["linear_eval"]) == labels
-  for k in config.eval.get("kmeans_clusters", ()):
+  for k in config.evals.get("kmeans", {}).get("clusters", ()):
     assert (tmp_path / f"local_features_k{k}.png").stat().st_size > 1000
 
 
@@ -206,8 +206,7 @@ def test_feature_configs_train_end_to_end(name, labels, tmp_path, small):
 def test_feature_config_errors(name, field, value, message, tmp_path, small):
   import jax
   from cl_jax import train, validate
-  from cl_jax.config_files import sibling
-  config = small(sibling(__file__.replace("tests", "configs"), name).get_config(), 3)
+  config = small(importlib.import_module(f"configs.{name}").get_config(), 3)
   config.data[field] = value
   with pytest.raises((validate.ConfigError, sources.DataError), match=message):
     train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])

@@ -27,7 +27,9 @@ def config():
                 color_jitter=0.5, flip=True)
   c.model.update(head_hidden_dim=16, embed_dim=8)
   c.train.update(batch_size=16, num_steps=6, log_every_steps=2, checkpoint_every_steps=2)
-  c.eval.update(probe_steps=5, batch_size=24, knn_k=5)
+  c.eval.batch_size = 24
+  c.evals.linear_eval.probe_steps = 5
+  c.evals.knn.k = 5
   return c
 
 

@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from absl import flags
 
-from cl_jax import paths
-from cl_jax.analysis import embeddings, sweep
+from cl_jax import paths, plots, train
+from cl_jax.analysis import results_doc, sweep
 from configs import simclr_randbit
 
 SPEC = {"axes": {"loss": {"a": {"loss.temperature": 0.1}, "b": {"loss.temperature": 0.5}},
@@ -71,11 +71,11 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
               "curve": curve}
     run_dir.mkdir(parents=True)
     paths.write_json(run_dir / "eval.json", result)
-    embeddings.plot_embeddings(np.random.default_rng(0).normal(size=(40, 3)),
+    plots.plot_embeddings(np.random.default_rng(0).normal(size=(40, 3)),
                                {"label": np.arange(40) % 3}, run_dir / "embeddings.png")
     return result
 
-  monkeypatch.setattr(sweep.train, "train_and_evaluate", fake_train)
+  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
   spec_path = tmp_path / "spec.json"
   spec_path.write_text(json.dumps({**SPEC, "seeds": 2}))
   argv = ["sweep", "--config=configs/simclr_randbit.py", f"--sweep={spec_path}",
@@ -95,7 +95,8 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
   np.testing.assert_allclose(rows[1]["online_probe"]["label"], 0.305)
   assert "| a | 5 | 0.805 ± 0.007 (2) | 0.305 ± 0.007 (2) |" in (
       tmp_path / "sweep" / "results.md").read_text()
-  assert sweep.table_metrics(rows) == ["label", "online_probe/label"]
+  assert sweep.table_metrics(rows, sweep.accuracy_sections(simclr_randbit.get_config())) == [
+      "label", "online_probe/label"]
   _, title, pivot = (tmp_path / "sweep" / "results.md").read_text().split("\n\n")
   assert title == "online_probe/label (mean ± std over seeds)"
   assert pivot.splitlines() == ["| loss \\ bits | 0 | 5 |", "|---|---|---|",
@@ -112,3 +113,12 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
   rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
   assert rows[0]["n"] == 3 and [run["seed"] for run in rows[0]["runs"]] == [0, 1, 2]
   flags.FLAGS.unparse_flags()
+
+  # docs/results.md is generated from the sweep's results, commentary appended.
+  docs = tmp_path / "docs" / "results"
+  results_doc.add(tmp_path / "sweep", paths.workdir_path(docs))
+  (docs / "sweep.md").write_text("Commentary.")
+  text = results_doc.render(paths.workdir_path(docs))
+  assert "## sweep" in text and "4 points × 3 seeds = 12 runs" in text
+  assert "| a | 5 | 0.810 ± 0.010 (3) | 0.310 ± 0.010 (3) |" in text
+  assert "| a | 0.410 ± 0.010 | 0.310 ± 0.010 |" in text and text.rstrip().endswith("Commentary.")

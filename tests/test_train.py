@@ -13,6 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cl_jax import hosts, train, validate
+from cl_jax.analysis import sweep
 from cl_jax.data import pipeline, sources
 from configs import simclr_randbit
 from tests.conftest import REPO, SMALL, subprocess_env
@@ -85,7 +86,7 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
   config.train.batch_size = 16
   config.train.num_steps = 2
   config.train.log_every_steps = 1
-  config.eval.probe_steps = 5
+  config.evals.linear_eval.probe_steps = 5
   with tfds.testing.mock_data(num_examples=32):
     result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
   assert set(result["linear_eval"]) == {"label", "bits"} and result["step"] == 2
@@ -99,7 +100,7 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
     ("model.conv_padding", "FULL", "model.conv_padding='FULL' is not one of: SAME, VALID"),
     ("model.bn_momentum", 1.0, r"model.bn_momentum=1.0 must be in \[0, 1\)"),
     ("loss.kernel_l2", -1e-4, "loss.kernel_l2=-0.0001 must be >= 0"),
-    ("eval.knn_k", 0, "eval.knn_k=0 must be a positive number of neighbours"),
+    ("evals.knn.k", 0, "evals.knn.k=0 must be a positive number of neighbours"),
     ("model.dtype", "float16", "model.dtype=.float16. is not one of: bfloat16, float32"),
     ("optim.name", "rmsprop", "optim.name='rmsprop' is not one of: adam, sgd, lars"),
     ("data.random_bits", -1, r"data.random_bits=-1 must be in \[0, 30\]"),
@@ -109,15 +110,15 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
     ("train.batch_size", 4096, "larger than the training set"),
     ("loss.temperature", 0.0, "loss.temperature=0.0 must be > 0"),
     ("data.image_size", 4, "data.image_size=4 is too small for model.encoder='convnet'"),
-    ("eval.l2", -1.0, r"eval.l2=-1.0 must be >= 0: it is the L2 penalty"),
-    ("eval.probe_steps", 0, "eval.probe_steps=0 must be a positive number of L-BFGS iterations"),
+    ("evals.linear_eval.l2", -1.0, r"evals.linear_eval.l2=-1.0 must be >= 0: it is the L2 penalty"),
+    ("evals.linear_eval.probe_steps", 0,
+     "evals.linear_eval.probe_steps=0 must be a positive number of L-BFGS iterations"),
     ("train.checkpoint_every_steps", 0, "train.checkpoint_every_steps=0 must be > 0"),
 ])
 def test_bad_input_fails_with_a_clear_message_before_compiling(digits_config, tmp_path,
                                                                monkeypatch, field, value,
                                                                message):
-  section, name = field.split(".")
-  setattr(getattr(digits_config, section), name, value)
+  sweep.apply_overrides(digits_config, {field: value})
   monkeypatch.setattr(train, "create_train_state", lambda *a, **k: pytest.fail("compiled"))
   with pytest.raises((validate.ConfigError, sources.DataError), match=message):
     train.train_and_evaluate(digits_config, str(tmp_path))
@@ -160,7 +161,7 @@ def test_unprepared_tfds_dataset_fails_before_compiling(digits_config, tmp_path,
 def _main(workdir, *overrides):
   return [sys.executable, "-m", "cl_jax.main", "--config=configs/simclr_randbit.py",
           f"--workdir={workdir}", "--config.model.head_hidden_dim=32",
-          "--config.model.embed_dim=16", "--config.eval.probe_steps=20",
+          "--config.model.embed_dim=16", "--config.evals.linear_eval.probe_steps=20",
           "--config.train.batch_size=64", "--config.train.log_every_steps=5", *overrides]
 
 

@@ -12,21 +12,31 @@ The sweep file holds named axes; every axis value is a set of config overrides:
 
 Every grid point trains with seeds 0..S−1 (`"seeds"`, or --seeds) in
 <workdir>/<axis values joined by '_'>/seed<s> with the ordinary training loop; a rerun skips
-finished seeds and resumes unfinished ones. Reports, in <workdir>:
-  results.json  one row per point: `runs` (each seed's eval.json), and the mean over seeds
-                (`linear_eval`, `online_probe`, `knn`, `metrics`) with the sample std
-                (`linear_eval_std`, ...)
-  results.md    the table, "mean ± std (n)" of the linear-eval, online-probe and k-NN accuracies
+finished seeds and resumes unfinished ones. Reports, in <workdir>, from what the evaluators put in
+eval.json:
+  results.json  one row per point: `runs` (each seed's eval.json), and for every evaluator's
+                entry (`linear_eval`, `online_probe`, `knn`, `metrics`, ...) the mean over seeds
+                with the sample std (`linear_eval_std`, ...)
+  results.md    the table, "mean ± std (n)" of the accuracies (the evaluators with a title:
+                linear eval, online probe, k-NN)
   results.png   accuracy of --metric against the last axis, one line per combination of the
                 others, error bars = std over seeds
-  curves.png    (when the runs record probe curves) mean curve per point with a ±std band
+  <name>s.png   per periodic evaluator (e.g. curves.png): mean curve per point with a ±std band
   embeddings.png  every point's embeddings.png (seed 0) in one figure
+  sweep.json    the command, the sweep file, devices, date and wall time (for docs/results.md:
+                python -m cl_jax.analysis.results_doc --add=<workdir>)
 Two-axis sweeps also get the paper's layout in results.md: first axis down, second across.
 The runs share decoded data, and a persistent compilation cache in <workdir>/.jax_cache, so a
 program (one per shape: seeds and temperatures are traced arguments) compiles once.
+
+Like cl_jax.main, the sweep runs on several processes (a pod slice, SLURM, launch/local_cluster.py;
+`--distributed`): every process trains every run together, process 0 writes the reports. On
+SIGTERM it saves the run in progress and exits 75; rerunning the command resumes it.
 """
 import itertools
 import math
+import sys
+import time
 from typing import Sequence
 
 import jax
@@ -34,8 +44,7 @@ import numpy as np
 from absl import flags, logging
 from ml_collections import config_flags
 
-from cl_jax import cli, hosts, paths, train
-from cl_jax.analysis import curves
+from cl_jax import cli, evaluators, paths, plots, train
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file[:variant].",
                                           lock_config=True)
@@ -45,6 +54,8 @@ _METRIC = flags.DEFINE_string("metric", "label", "What results.png shows: a line
                               "('label') or 'online_probe/<label>'.")
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per grid point (default: the sweep file's "
                               "\"seeds\", else 1).")
+_DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process job (as cl_jax.main "
+                                 "--distributed): every process trains every run.")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
 
 
@@ -81,16 +92,27 @@ def _mean_std(dicts: Sequence[dict]):
           {k: float(v.std(ddof=1)) if len(v) > 1 else 0.0 for k, v in values.items()})
 
 
-SECTIONS = ("linear_eval", "online_probe", "knn", "metrics")  # the eval.json parts that are averaged
-
-
 def aggregate(name: str, labels: dict, overrides: dict, runs: Sequence[dict]) -> dict:
   """One results row for a grid point from its seeds' eval.json dicts (each with `seed`): for
-  every section, the mean over seeds and (as `<section>_std`) the sample std."""
+  every evaluator's entry of numbers (a dict), the mean over seeds and (as `<entry>_std`) the
+  sample std."""
   row = {"name": name, "point": labels, "overrides": overrides, "n": len(runs)}
-  for section in SECTIONS:
-    row[section], row[f"{section}_std"] = _mean_std([r.get(section, {}) for r in runs])
+  entries = [k for k, v in runs[0].items() if isinstance(v, dict)]
+  for entry in entries:
+    row[entry], row[f"{entry}_std"] = _mean_std([r.get(entry, {}) for r in runs])
   return {**row, "runs": list(runs)}
+
+
+def accuracy_sections(config) -> dict:
+  """{eval.json entry: its table heading} for the evaluators of `config` that report per-label
+  test accuracies (those with a title in the registry), in the config's order."""
+  sections = {}
+  for name in evaluators.in_table_order(config.evals):
+    cfg = config.evals[name]
+    title = evaluators.EVALUATORS[cfg.type].title
+    if title and not cfg.get("every_steps", 0):
+      sections[name] = title(cfg)
+  return sections
 
 
 def _lookup(row, metric: str):
@@ -100,18 +122,22 @@ def _lookup(row, metric: str):
   return row.get(section, {}).get(key), row.get(f"{section}_std", {}).get(key)
 
 
-def table_metrics(rows) -> list[str]:
-  """The linear-eval keys, then the online-probe and k-NN ones as 'online_probe/<label>',
-  'knn/<label>'."""
-  linear = sorted({m for r in rows for m in r["linear_eval"]})
-  return linear + [f"{section}/{m}" for section in ("online_probe", "knn")
-                   for m in sorted({m for r in rows for m in r.get(section, {})})]
+def table_metrics(rows, sections: dict) -> list[str]:
+  """The table's columns: the keys of the first accuracy section ('label', as `_lookup` reads
+  them), then those of the others as 'section/key'."""
+  first, *others = [s for s in sections if any(s in r for r in rows)]
+  return sorted({m for r in rows for m in r[first]}) + [
+      f"{section}/{m}" for section in others for m in sorted({m for r in rows
+                                                             for m in r.get(section, {})})]
 
 
-def markdown_table(rows, axes, metrics) -> str:
-  """Axis values, then "mean ± std (n)" of every metric (see `_lookup`)."""
-  titles = [f"{m.replace('online_probe/', 'online ').replace('knn/', 'k-NN ')} acc"
-            for m in metrics]
+def markdown_table(rows, axes, metrics, sections=None) -> str:
+  """Axis values, then "mean ± std (n)" of every metric (see `_lookup`); headings from
+  `sections` ({entry: title}, see `accuracy_sections`)."""
+  def title(metric):
+    section, key = metric.split("/") if "/" in metric else (None, metric)
+    return f"{(sections or {}).get(section, section)} {key} acc" if section else f"{key} acc"
+  titles = [title(m) for m in metrics]
   lines = ["| " + " | ".join(list(axes) + titles) + " |",
            "|" + "---|" * (len(axes) + len(metrics))]
   for r in rows:
@@ -125,7 +151,7 @@ def markdown_table(rows, axes, metrics) -> str:
 
 def pivot_table(rows, axes, metric: str) -> str:
   """For a two-axis sweep, the paper's layout: first axis down, second across, cells "mean ± std"
-  of `metric` (e.g. SPEC §2.1's τ × bits table)."""
+  of `metric` (e.g. docs/method.md §2.1's τ × bits table)."""
   down, across = list(axes)
   columns = list(axes[across])
   lines = [f"{metric} (mean ± std over seeds)", "",
@@ -207,33 +233,50 @@ def run_point(base_config, overrides: dict, seeds: int, point_dir) -> list[dict]
 
 def main(argv):
   del argv
-  train.quiet_library_logs()
   spec = paths.read_json(_SWEEP.value)
   seeds = _SEEDS.value or spec.get("seeds", 1)
+  points = grid(spec)
+  base = _CONFIG.value
+  cli.setup(math.gcd(*(overrides.get("train.batch_size", base.train.batch_size)
+                       for _, _, overrides in points)), _DISTRIBUTED.value)
   workdir = paths.workdir_path(_WORKDIR.value)
   workdir.mkdir(parents=True, exist_ok=True)
-  points = grid(spec)
-  hosts.use_cpu_cores(math.gcd(*(overrides.get("train.batch_size", _CONFIG.value.train.batch_size)
-                                 for _, _, overrides in points)))  # on CPU: a device per core
   jax.config.update("jax_compilation_cache_dir", str(workdir / ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  started = time.time()
   rows = []
   for name, labels, overrides in points:
-    runs = run_point(_CONFIG.value, overrides, seeds, workdir / name)
+    runs = run_point(base, overrides, seeds, workdir / name)
     rows.append(aggregate(name, labels, overrides, runs))
     jax.clear_caches()  # the persistent cache keeps the compiled programs
-  table = markdown_table(rows, spec["axes"], table_metrics(rows))
+  sections = accuracy_sections(base)
+  table = markdown_table(rows, spec["axes"], table_metrics(rows, sections), sections)
   if len(spec["axes"]) == 2:
     table += "\n\n" + pivot_table(rows, spec["axes"], _METRIC.value)
+  if jax.process_index() == 0:
+    write_reports(rows, spec, table, workdir)
+    paths.write_json(workdir / "sweep.json", {
+        "command": " ".join(["python -m cl_jax.analysis.sweep", *sys.argv[1:]]),
+        "spec": spec, "seeds": seeds, "metric": _METRIC.value, "sections": sections,
+        "wall_seconds_this_invocation": round(time.time() - started, 1),
+        "date": time.strftime("%Y-%m-%d"), "devices": f"{jax.device_count()} × "
+        f"{jax.devices()[0].device_kind}", "jax": jax.__version__})
+  print(table)
+
+
+def write_reports(rows, spec: dict, table: str, workdir):
+  """results.json, results.md, results.png, <curve>s.png and embeddings.png in `workdir`."""
   paths.write_json(workdir / "results.json", rows)
   (workdir / "results.md").write_text(table + "\n")
   plot(rows, spec["axes"], _METRIC.value, workdir / "results.png")
-  point_curves = {r["name"]: [run["curve"] for run in r["runs"]] for r in rows
-                  if all("curve" in run for run in r["runs"])}
-  if point_curves:
-    curves.plot_curves(point_curves, workdir / "curves.png")
+  curve_names = {k for r in rows for run in r["runs"] for k, v in run.items()
+                 if isinstance(v, list)}
+  for curve in sorted(curve_names):
+    point_curves = {r["name"]: [run[curve] for run in r["runs"]] for r in rows
+                    if all(curve in run for run in r["runs"])}
+    if point_curves:
+      plots.plot_curves(point_curves, workdir / f"{curve}s.png")
   collect_embeddings(rows, workdir, workdir / "embeddings.png")
-  print(table)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""SimCLR augmentations as stateless tf ops (SPEC §3). Inputs and outputs are float in [0, 1].
+"""SimCLR augmentations as stateless tf ops (docs/method.md §3). Inputs and outputs are float in [0, 1].
 
 All randomness comes from an explicit seed (a [2] int tensor), so a view is a pure function of
 (image, seed): the pipeline is deterministic and resumable.

@@ -1,14 +1,16 @@
-"""Competing features that both views share (SPEC §2).
+"""Competing features that both views share (docs/method.md §2).
 
 Random bits (Chen et al. 2021, §2.1): every image gets an integer b ∈ [0, 2^k) that is FIXED per
 image. Bit i = (b >> i) & 1 (least-significant first) becomes a constant H×W plane; the k planes
 are concatenated after the image channels AFTER augmentation, so both views carry identical bits
 that augmentation never touches, and evaluation images carry them too. The input then has C + k
 channels. We draw b from a seeded generator indexed by the image's position in its split (the
-colab hashes the image bytes; SPEC allows any stable per-image hash).
+colab hashes the image bytes; docs/method.md §2.1 allows any stable per-image hash).
 """
 import numpy as np
 import tensorflow as tf
+
+from cl_jax import spec
 
 MAX_RANDOM_BITS = 30
 _SPLIT_SALT = {"train": 0, "test": 1}
@@ -38,7 +40,7 @@ def append_bit_planes(image: tf.Tensor, bit_integer: tf.Tensor, num_bits: int) -
 
 
 # ------------------------------------------------------------------------------------------------
-# Scenes: images composed per read from digits and backgrounds (SPEC §2.2–2.5). A scene is a
+# Scenes: images composed per read from digits and backgrounds (docs/method.md §2.2–2.5). A scene is a
 # function (image, index, read_seed, view_seed) → (image, {label: value}) applied to each view
 # BEFORE augmentation. Whatever it derives from `read_seed` or `index` is shared by both views
 # (the competing feature); only `view_seed` may differ between views. Evaluation calls it with
@@ -189,7 +191,20 @@ def backgrounds(backgrounds_pool: np.ndarray, image_size: int, digit_size: int, 
   return scene, ({"background": size} if shared else {})
 
 
-SCENES = ("none", "digits_on_images", "multidigits", "digit_sizes", "backgrounds")
+# data.scene → the data fields it reads (checked before anything loads) and the config file that
+# defines them. The size rules that depend on data.image_size are in validate.check_scene_sizes.
+SCENE_FIELDS = {
+    "none": {},
+    "digits_on_images": {"digit_dataset": spec.Field(), "num_unique_digits": spec.positive(),
+                         "digit_fraction": spec.Field()},
+    "multidigits": {"digit_size": spec.positive(), "num_digits": spec.Field(),
+                    "eval_num_digits": spec.Field(), "placement": spec.one_of("grid", "random")},
+    "digit_sizes": {"digit_size": spec.Field(), "other_digit_size": spec.Field()},
+    "backgrounds": {"digit_size": spec.Field(), "num_backgrounds": spec.positive(),
+                    "shared_background": spec.Field()},
+}
+SCENE_CONFIGS = {"digits_on_images": "digits_on_images.py", "multidigits": "multidigit.py",
+                 "digit_sizes": "digit_sizes.py", "backgrounds": "backgrounds.py"}
 
 
 def make_scene(data_config, split, train: bool):

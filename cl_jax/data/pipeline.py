@@ -1,4 +1,4 @@
-"""Two-view tf.data pipeline and the hand-off to global jax arrays (DESIGN.md "Data flow").
+"""Two-view tf.data pipeline and the hand-off to global jax arrays (docs/design.md "Data flow").
 
 Determinism: the example at global position g = step·B + row is a pure function of
 (seed, g): epoch e = step // steps_per_epoch is a seeded permutation of the split

@@ -17,6 +17,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from cl_jax import spec
+
 EMBEDDED = "digits"
 IDX = "mnist_idx"  # MNIST-format IDX files in data.data_dir (e.g. ../shared/data/mnist)
 PHOTOS = "photos"  # embedded backgrounds: crops of scikit-learn's two sample photographs
@@ -25,7 +27,7 @@ DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
 
 
-class DataError(ValueError):
+class DataError(spec.UserError, ValueError):
   """A dataset that cannot be loaded, with a message that says how to fix it."""
 
 
@@ -306,7 +308,7 @@ def restrict_to_classes(split: Split, names: list[str], subset: list[str], path)
 
 def class_and_subclass(split: Split, dataset: str) -> Split:
   """Coarse `label` (the class) and fine `subclass` labels for class-collapse studies (Xue et al.
-  2023; SPEC §2.6): digits → label = (digit ≥ 5), subclass = digit; datasets with a
+  2023; docs/method.md §2.6): digits → label = (digit ≥ 5), subclass = digit; datasets with a
   `coarse_label` (cifar100) → label = the 20 superclasses, subclass = the 100 classes."""
   if "coarse_label" in split.labels:
     return Split(split.images, {"label": split.labels["coarse_label"],

@@ -5,6 +5,7 @@ from typing import Mapping
 import jax.numpy as jnp
 import ml_collections
 
+from cl_jax import spec
 from cl_jax.models.convnet import ConvNet
 from cl_jax.models.heads import ContrastiveModel, ProjectionHead
 from cl_jax.models.resnet import ResNet18, ResNet50
@@ -20,13 +21,28 @@ ENCODERS = {
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
+# The fields of config.model every encoder reads, and those only some encoders read.
+FIELDS = {
+    "dtype": spec.one_of(*sorted(DTYPES)),
+    "bn_momentum": spec.Field("must be in [0, 1) (the weight of the old running statistics: 0.9 "
+                              "flax/PyTorch convention, 0.99 Keras)", lambda v: 0 <= v < 1),
+    "bn_epsilon": spec.positive(),
+    "head_layers": spec.positive(),
+    "head_hidden_dim": spec.positive(),
+    "embed_dim": spec.positive(),
+    "head_batchnorm": spec.Field(),
+    "head_output_batchnorm": spec.Field(),
+}
+ENCODER_FIELDS = {name: {} for name in sorted(ENCODERS)}
+ENCODER_FIELDS["convnet"] = {"conv_padding": spec.one_of("SAME", "VALID", off="SAME")}
+
 
 def create_encoder(model_config: ml_collections.ConfigDict):
   """The encoder of `model_config` with its BatchNorm settings, computation dtype (and padding,
   for the ConvNet)."""
   kwargs = dict(bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon,
                 dtype=DTYPES[model_config.dtype])
-  if model_config.encoder == "convnet":
+  if "conv_padding" in ENCODER_FIELDS[model_config.encoder]:
     kwargs["padding"] = model_config.conv_padding
   return ENCODERS[model_config.encoder](**kwargs)
 

@@ -1,4 +1,4 @@
-"""The small ConvNet of the SimCLR random-bits colab (SPEC §3)."""
+"""The small ConvNet of the SimCLR random-bits colab (docs/method.md §3)."""
 from typing import Any, Sequence
 
 import flax.linen as nn

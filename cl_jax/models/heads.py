@@ -1,4 +1,4 @@
-"""Projection head (SPEC §3) and the model that ties encoder, head and online probes together."""
+"""Projection head (docs/method.md §3) and the model that ties encoder, head and online probes together."""
 from typing import Any, Mapping
 
 import flax.linen as nn

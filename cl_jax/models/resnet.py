@@ -1,4 +1,4 @@
-"""ResNet v1 (He et al. 2016) with the SimCLR conventions (SPEC §3).
+"""ResNet v1 (He et al. 2016) with the SimCLR conventions (docs/method.md §3).
 
 BatchNorm momentum 0.9, epsilon 1e-5 (configurable); the last BN of every residual block starts with γ = 0.
 Stem `cifar`: conv3×3 stride 1, no max-pool (images ≤ 32 px); stem `imagenet`: conv7×7 stride 2

@@ -1,0 +1,27 @@
+"""`linear`: the offline linear probe (docs/method.md §3) — per label, a logistic regression on the
+frozen, standardised features h of the un-augmented train images (L-BFGS, L2 penalty (l2/2)·‖W‖²),
+reported as test accuracy; `bits`: the mean over bits of one binary probe per random bit
+(0.5 = not decodable). Run every `every_steps` it gives the probe curve (learn, then unlearn).
+
+  config.evals.linear_eval = dict(type="linear", l2=1e-3, probe_steps=200)
+"""
+from cl_jax import evaluate as evaluation
+from cl_jax import spec
+
+FIELDS = {
+    "l2": spec.Field("must be >= 0: it is the L2 penalty (l2/2)·‖W‖² of the linear probe on "
+                     "standardised features (default 1e-3)", lambda v: v >= 0),
+    "probe_steps": spec.Field("must be a positive number of L-BFGS iterations for the linear "
+                              "probe (default 200); with 0 the probe would report an untrained "
+                              "classifier", lambda v: isinstance(v, int) and v > 0),
+}
+
+
+def title(cfg) -> str:
+  """The heading of this evaluator's column in accuracy tables."""
+  del cfg
+  return "linear eval"
+
+
+def evaluate(context, cfg) -> dict:
+  return evaluation.probe_all_labels(*context.features(), l2=cfg.l2, steps=cfg.probe_steps)

@@ -1,0 +1,19 @@
+"""`online`: test accuracy of the online linear probes trained along with the encoder on
+stop_gradient(h) of the augmented training views (the randbits colab's metric).
+
+  config.evals.online_probe = dict(type="online")
+"""
+from cl_jax import evaluate as evaluation
+
+FIELDS = {}
+
+
+def title(cfg) -> str:
+  """The heading of this evaluator's column in accuracy tables."""
+  del cfg
+  return "online probe"
+
+
+def evaluate(context, cfg) -> dict:
+  del cfg
+  return evaluation.online_probe_accuracy(context.features()[1])
