@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Optional
 
 from cl_jax import data as _data  # noqa: F401  first: imports TensorFlow quietly, before clu does
 import flax
@@ -53,15 +53,17 @@ def create_mesh(devices=None) -> Mesh:
 
 
 def create_train_state(model, tx, input_shape, seed: int, mesh: Mesh,
-                       objective: objectives.Objective = objectives.Objective(None)) -> TrainState:
-  """Initialise parameters, BatchNorm statistics, optimizer state and the objective's state,
-  replicated on `mesh`."""
+                       objective: Optional[objectives.Objective] = None) -> TrainState:
+  """Initialise parameters, BatchNorm statistics, optimizer state and the objective's state
+  (none without an objective), replicated on `mesh`."""
   def init(key):  # the seed's key is an argument: one compiled program serves every seed
     init_key, objective_key = jax.random.split(key)
     variables = model.init(init_key, jnp.zeros(input_shape), train=False)
+    objective_state = (None if objective is None else
+                       objective.init_state(model, variables, objective_key))
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              batch_stats=variables["batch_stats"], tx=tx,
-                             objective_state=objective.init_state(model, variables, objective_key))
+                             objective_state=objective_state)
   return jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))(
       jax.random.PRNGKey(seed))
 
