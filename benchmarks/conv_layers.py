@@ -53,6 +53,7 @@ def programs(conv) -> dict:
 
 
 def main(_):
+  cli.setup()  # as every entry point (the device count is the caller's: XLA_FLAGS)
   calls = {}
   for layer, (size, c_in, c_out) in LAYERS.items():
     keys = jax.random.split(jax.random.PRNGKey(0), 3)

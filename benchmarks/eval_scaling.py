@@ -24,6 +24,7 @@ _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
 
 
 def main(_):
+  cli.setup()  # as every entry point (the device count is the caller's: XLA_FLAGS)
   rng = np.random.default_rng(0)
   labels = rng.integers(0, _CLASSES.value, _ROWS.value).astype(np.int32)
   centres = rng.normal(size=(_CLASSES.value, _DIM.value)).astype(np.float32)

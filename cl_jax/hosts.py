@@ -12,7 +12,7 @@ import jax
 import orbax.checkpoint as ocp
 
 
-MAX_CPU_DEVICES = 8  # a cautious cap, not a measurement: only 2 cores were measured (use_cpu_cores)
+MAX_CPU_DEVICES = 8  # a cautious cap, not a measurement (only 2 cores have been measured)
 
 
 def cpu_device_count(batch_size: int, cores: int) -> int:
@@ -31,12 +31,10 @@ def use_cpu_cores(batch_size: int) -> int:
   """Make JAX's CPU backend one XLA device per usable core, before JAX starts; return the count
   (0: left as it was).
 
-  One XLA:CPU device runs the step's operations one after another, each non-matmul operation
-  (elementwise, copies, im2col, reductions) on a single thread: in a profile of the embedded
-  default's step on 2 cores, each core is busy 21-23 ms of a 38.6 ms step. With one device per
-  core the data-parallel step keeps both busy: 1.13-1.32x the steps/s of one device
-  (benchmarks/torch_reference.py, two runs; README "Measured").
-  Under jit the loss still sees the global batch (BatchNorm statistics and negatives span all
+  Why: one XLA:CPU device runs the step's operations one after another, each non-matmul
+  operation (elementwise, copies, im2col, reductions) on a single thread, so other cores idle;
+  with one device per core the data-parallel step keeps them busy (measured speed-up in
+  benchmarks/README.md). Under jit the loss still sees the global batch (BatchNorm statistics and negatives span all
   devices), so results equal the one-device run up to float summation order.
 
   The count is `cpu_device_count(batch_size, usable_cores())` (it must divide the global batch).

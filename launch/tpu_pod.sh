@@ -14,6 +14,9 @@
 # each process reads only the rows of each global batch its chips hold, and train.batch_size stays
 # the GLOBAL batch.
 #
+# MODULE=cl_jax.analysis.sweep runs a sweep instead (add --sweep=configs/sweeps/NAME.json); it
+# is set up, preempted and resumed like cl_jax.main.
+#
 # Preemption: a TPU VM that is preempted gets SIGTERM; every host saves the current step and exits
 # with status 75. Rerun this script (same WORKDIR) to resume; a finished run exits 0 and leaves
 # WORKDIR/eval.json.
@@ -34,5 +37,5 @@ gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all --command
   cd cl_jax && git pull -q --ff-only
   [ -d .venv ] || python3 -m venv .venv
   .venv/bin/pip install -q -e '.[tpu]'
-  .venv/bin/python -m cl_jax.main --distributed --config=$CONFIG --workdir=$WORKDIR $*
+  .venv/bin/python -m ${MODULE:-cl_jax.main} --distributed --config=$CONFIG --workdir=$WORKDIR $*
 "

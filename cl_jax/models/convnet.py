@@ -12,11 +12,10 @@ def im2col_conv(lhs, rhs, window_strides, padding, lhs_dilation=None, rhs_dilati
   """`lax.conv_general_dilated` for NHWC inputs and HWIO kernels as one matrix product:
   y[n, i, j] = Σ_{dy,dx,c} x_pad[n, s·i + dy, s·j + dx, c] · W[dy, dx, c] — the kh·kw shifted,
   strided views of the padded input concatenated on channels (im2col), times W reshaped to
-  [kh·kw·C, F]. Same result and gradients as the convolution (to float rounding). On CPU the
-  ConvNet's forward + backward runs 1.2× faster this way (benchmarks/torch_reference.py): XLA:CPU's
-  convolution is faster forward but its gradients are slower, e.g. conv2's forward + ∂W + ∂x
-  11.7 vs 3.8 ms (benchmarks/conv_layers.py). Other layouts, dilations and groups fall back to
-  lax."""
+  [kh·kw·C, F]. Same result and gradients as the convolution (to float rounding). Why: on CPU,
+  XLA's native convolution is faster forward but its gradients are slower than these matmuls
+  (benchmarks/conv_layers.py; numbers in benchmarks/README.md). Other layouts, dilations and
+  groups fall back to lax."""
   if (lhs_dilation not in (None, (1, 1)) or rhs_dilation not in (None, (1, 1))
       or feature_group_count != 1 or lhs.ndim != 4 or tuple(dimension_numbers or ()) != tuple(
           lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC")))):
