@@ -8,8 +8,10 @@ Model (docs/method.md §4; choices where the paper is silent are marked [choice]
   Data, x ∈ R^d:  x = a_c·y·e1 + a_s·s·e2 + Σ_j a_e·z_j·e_{2+j} + ξ
     y ∈ {±1} class, s ∈ {±1} subclass, z_j ∈ {±1} k class-irrelevant "easy" features (easy = high
     variance a_e² > a_c²), ξ ~ N(0, σ²/(d−2−k)) on the remaining d−2−k coordinates (‖ξ‖ ≈ σ).
-    [choice] The n training examples are exactly balanced: (y, s) cycles through the four
-    combinations; z is uniform; test samples are drawn at random.
+    The n training examples draw y, s and z at random, as the paper's data model does, so each
+    class's mean carries a finite-sample subclass component (`balanced_labels=True` instead
+    cycles (y, s) through the four combinations exactly, which removes it); test samples are
+    drawn at random.
   Views (augmentations) of an example: the same y, s and ξ; "imperfect" augmentation keeps the
     example's z in both views, "good" augmentation redraws z independently per view.
   Encoder f(x) = W x, W ∈ R^{p×d} (p = embedding size), small random initialisation.
@@ -39,7 +41,13 @@ the loss on the training set is unchanged, but f(x_test) changes — that is how
 represent the subclass on test data while the minimum-norm one does not.
 
 Training: full-batch GD on the closed form (= the expected training loss) and minibatch SGD on
-sampled pairs (jit + lax.scan), W recorded every `record_every` steps.
+sampled pairs (jit + lax.scan), W recorded every `record_every` steps. GD uses factors of the
+moments, A = F_A F_Aᵀ and Σ = F_Σ F_Σᵀ (F of width ≤ n + k), so a step costs O(p·d·n), not O(p·d²).
+
+Claim 1 runs in its own regime (`config.dynamics`, overriding the other fields): per seed, the
+subclass probe "learns then unlearns" when it rises at least `rise` above its value at the
+initialisation and then falls at least `fall` below its peak; reported is the fraction of seeds
+where it does, for GD and for SGD, and the median step of the peak.
 Measurement: logistic-regression probes (class y, subclass s) fitted on the representations of
 fresh samples and tested on other fresh samples; ‖W e1‖, ‖W e2‖ and the root-mean-square of
 ‖W e_{2+j}‖ over the easy features.
@@ -110,29 +118,41 @@ def sample_examples(c, n: int, rng: np.random.Generator, balanced: bool) -> Exam
 # ---------------------------------------------------------------------------------------------
 # Losses: closed form and sampled.
 
-def moments(train: Examples, c, loss: str, augmentation: str, beta: float = 0.5):
-  """(A, Σ) of the closed-form loss −2·tr(WAWᵀ) + ‖WΣWᵀ‖_F² on the training set."""
+def moment_factors(train: Examples, c, loss: str, augmentation: str, beta: float = 0.5):
+  """(F_A, F_Σ) with A = F_A F_Aᵀ and Σ = F_Σ F_Σᵀ, the moments of the closed-form loss
+  −2·tr(WAWᵀ) + ‖WΣWᵀ‖_F² on the training set (module docstring)."""
   easy = feature_layout(c)["easy"]
   mean_view = train.x.copy()
-  covariance = np.zeros((c.d, c.d))
+  n = len(mean_view)
+  noise_columns = np.zeros((c.d, 0))
   if augmentation == "good":  # z redrawn per view: E[view] has no easy part, Cov = a_e²·I_easy
     mean_view[:, easy] = 0.0
-    covariance[easy, easy] = c.a_easy ** 2
-  n = len(mean_view)
-  sigma = mean_view.T @ mean_view / n + covariance
-  a_ucl = mean_view.T @ mean_view / n
-  a_scl = np.zeros((c.d, c.d))
-  for label in (-1.0, 1.0):
-    members = mean_view[train.y == label]
-    mu = members.mean(0)
-    a_scl += len(members) / n * np.outer(mu, mu)
-  a = {"ucl": a_ucl, "scl": a_scl, "joint": beta * a_scl + (1 - beta) * a_ucl}[loss]
-  return a, sigma
+    noise_columns = np.zeros((c.d, len(easy)))
+    noise_columns[easy, np.arange(len(easy))] = c.a_easy
+  f_ucl = mean_view.T / np.sqrt(n)
+  f_sigma = np.concatenate([f_ucl, noise_columns], axis=1)
+  f_scl = np.stack([np.sqrt(np.sum(train.y == label) / n) * mean_view[train.y == label].mean(0)
+                    for label in (-1.0, 1.0) if np.any(train.y == label)], axis=1)
+  f_a = {"ucl": f_ucl, "scl": f_scl,
+         "joint": np.concatenate([np.sqrt(beta) * f_scl, np.sqrt(1 - beta) * f_ucl], axis=1)}
+  return f_a[loss], f_sigma
+
+
+def moments(train: Examples, c, loss: str, augmentation: str, beta: float = 0.5):
+  """(A, Σ) of the closed-form loss −2·tr(WAWᵀ) + ‖WΣWᵀ‖_F² on the training set."""
+  f_a, f_sigma = moment_factors(train, c, loss, augmentation, beta)
+  return f_a @ f_a.T, f_sigma @ f_sigma.T
 
 
 def spectral_loss(w: jax.Array, a: jax.Array, sigma: jax.Array) -> jax.Array:
   """Closed-form spectral contrastive loss L(W) = −2·tr(W A Wᵀ) + ‖W Σ Wᵀ‖_F²."""
   return -2.0 * jnp.trace(w @ a @ w.T) + jnp.sum((w @ sigma @ w.T) ** 2)
+
+
+def factored_spectral_loss(w: jax.Array, f_a: jax.Array, f_sigma: jax.Array) -> jax.Array:
+  """`spectral_loss` with A = F_A F_Aᵀ, Σ = F_Σ F_Σᵀ: −2·‖W F_A‖_F² + ‖(W F_Σ)(W F_Σ)ᵀ‖_F²."""
+  w_sigma = w @ f_sigma
+  return -2.0 * jnp.sum((w @ f_a) ** 2) + jnp.sum((w_sigma @ w_sigma.T) ** 2)
 
 
 def sampled_spectral_loss(w, v, v_pos, u, u_prime) -> jax.Array:
@@ -221,9 +241,11 @@ def other_minimizer_with_subclass(w_star: np.ndarray, sigma: np.ndarray, scale: 
   return w
 
 
-def gd_trajectory(w0, a, sigma, *, lr: float, steps: int, record_every: int):
-  """Full-batch GD on the closed form; returns the recorded steps and W [records, p, d]."""
-  grad = jax.grad(spectral_loss)
+def gd_trajectory(w0, a, sigma, *, lr: float, steps: int, record_every: int,
+                  loss=spectral_loss):
+  """Full-batch GD on the closed form `loss(w, a, sigma)` (dense moments; or their factors with
+  `factored_spectral_loss`); returns the recorded steps and W [records, p, d]."""
+  grad = jax.grad(loss)
 
   @jax.jit
   def run(w, a, sigma):
@@ -298,7 +320,7 @@ def evaluate(w, c, probe_train, probe_test) -> dict:
 
 def _setup(c, seed: int):
   rng = np.random.default_rng(seed)
-  train = sample_examples(c, c.n, rng, balanced=True)
+  train = sample_examples(c, c.n, rng, balanced=c.balanced_labels)
   probe_train = sample_examples(c, c.num_probe, rng, balanced=False)
   probe_test = sample_examples(c, c.num_probe, rng, balanced=False)
   return rng, train, probe_train, probe_test
@@ -308,12 +330,34 @@ def _init(rng, c, p: int) -> np.ndarray:
   return rng.normal(0.0, c.init_scale, (p, c.d))
 
 
+def dynamics_config(c) -> ml_collections.ConfigDict:
+  """The config of claim 1: `c` with the fields of `c.dynamics` in place of its own."""
+  cd = ml_collections.ConfigDict(c.to_dict())
+  cd.update({k: v for k, v in c.dynamics.items() if k in cd})
+  return cd
+
+
+def learn_then_unlearn(steps, subclass_accuracy, rise: float, fall: float) -> dict:
+  """Whether a subclass-probe curve (index 0: the initialisation) rises at least `rise` above its
+  initial value and then falls at least `fall` below that peak; with the peak and its step."""
+  curve = np.asarray(subclass_accuracy, float)
+  peak = int(np.argmax(curve))
+  fallen = curve[peak:].min()
+  return {"detected": bool(curve[peak] - curve[0] >= rise and curve[peak] - fallen >= fall),
+          "initial": float(curve[0]), "peak": float(curve[peak]), "peak_step": int(steps[peak]),
+          "final": float(curve[-1])}
+
+
 def scl_dynamics(c, seed: int) -> dict:
-  """Claim 1: probes along (S)GD on SCL from a small initialisation, and the min-norm target."""
+  """Claim 1, in the regime of `c.dynamics`: probes along GD and SGD on SCL from a small
+  initialisation, per seed whether the subclass is learned then unlearned, and the min-norm
+  target."""
+  c = dynamics_config(c)
   rng, train, probe_train, probe_test = _setup(c, seed)
-  a, sigma = moments(train, c, "scl", c.augmentation)
+  f_a, f_sigma = moment_factors(train, c, "scl", c.augmentation)
   w0 = _init(rng, c, c.p)
-  steps, gd = gd_trajectory(w0, a, sigma, lr=c.lr, steps=c.steps, record_every=c.record_every)
+  steps, gd = gd_trajectory(w0, f_a, f_sigma, lr=c.lr, steps=c.steps,
+                            record_every=c.record_every, loss=factored_spectral_loss)
   _, sgd = sgd_trajectory(jax.random.PRNGKey(seed), w0, train, c, "scl", c.augmentation, c.beta,
                           lr=c.lr, steps=c.steps, batch=c.batch_size,
                           record_every=c.record_every)
@@ -321,12 +365,28 @@ def scl_dynamics(c, seed: int) -> dict:
   for name, ws in (("gd", gd), ("sgd", sgd)):
     records = [evaluate(w, c, probe_train, probe_test) for w in [w0, *ws]]
     out[name] = {k: [r[k] for r in records] for k in records[0]}
-  out.update(out["gd"])  # class_accuracy, subclass_accuracy, ... of full-batch GD at top level
+    out[name]["learn_then_unlearn"] = learn_then_unlearn(
+        out["step"], out[name]["subclass_accuracy"], c.dynamics.rise, c.dynamics.fall)
+  out.update({k: v for k, v in out["gd"].items() if k != "learn_then_unlearn"})
+  a, sigma = f_a @ f_a.T, f_sigma @ f_sigma.T
   w_star = min_norm_minimizer(a, sigma, c.p)
   m_star, m_gd = w_star.T @ w_star, gd[-1].T @ gd[-1]
   out["gd_to_min_norm_relative_distance"] = float(np.linalg.norm(m_gd - m_star) /
                                                    np.linalg.norm(m_star))
   out["min_norm"] = evaluate(w_star, c, probe_train, probe_test)
+  return out
+
+
+def learn_then_unlearn_summary(per_seed: list) -> dict:
+  """Over seeds, for GD and SGD: the fraction of seeds that learn then unlearn the subclass, the
+  median step of their peak, and each seed's numbers."""
+  out = {}
+  for name in ("gd", "sgd"):
+    seeds = [r[name]["learn_then_unlearn"] for r in per_seed]
+    peaks = [s["peak_step"] for s in seeds if s["detected"]]
+    out[name] = {"fraction": float(np.mean([s["detected"] for s in seeds])),
+                 "seeds": len(seeds), "median_peak_step": float(np.median(peaks)) if peaks
+                 else None, "per_seed": seeds}
   return out
 
 
@@ -416,8 +476,14 @@ def run_claims(c) -> dict:
   """Every experiment, averaged over seeds 0..c.num_seeds−1 (per-seed results kept)."""
   out = {"settings": c.to_dict()}
   for name, fn in CLAIMS.items():
-    per_seed = [fn(c, seed) for seed in range(c.num_seeds)]
+    seeds = c.dynamics.num_seeds if name == "scl_dynamics" else c.num_seeds
+    per_seed = [fn(c, seed) for seed in range(seeds)]
     out[name] = {**_mean_over_seeds(per_seed), "per_seed": per_seed}
+  dynamics = out["scl_dynamics"]
+  for name in ("gd", "sgd"):  # per seed only: a mean of verdicts is the summary below
+    dynamics[name].pop("learn_then_unlearn")
+  dynamics["learn_then_unlearn"] = learn_then_unlearn_summary(dynamics["per_seed"])
+  dynamics["settings"] = dynamics_config(c).to_dict()
   out["verdicts"] = verdicts(out, c)
   return out
 
@@ -426,8 +492,6 @@ def verdicts(claims: Mapping, c) -> dict:
   """Each claim's direction, judged on the seed-mean numbers (thresholds in the texts)."""
   dyn, mn, ucl, jt = (claims["scl_dynamics"], claims["scl_min_norm"],
                       claims["ucl_embedding_size"], claims["joint"])
-  sub = np.asarray(dyn["subclass_accuracy"])
-  peak = int(np.argmax(sub))
   weight = np.asarray(dyn["subclass_weight"])
   top = int(np.argmax(weight))
   sizes = list(ucl["embedding_size"])
@@ -435,8 +499,8 @@ def verdicts(claims: Mapping, c) -> dict:
   small, large = ucl["imperfect_augmentation"][at_p], ucl["imperfect_augmentation"][-1]
   diverse = ucl["diverse_easy_features_at_largest_size"]
   return {
-      "1_scl_learns_then_unlearns_subclass": bool(sub[peak] - sub[0] >= 0.05 and
-                                                  sub[peak] - sub[-1] >= 0.05),
+      "1_scl_learns_then_unlearns_subclass": bool(
+          dyn["learn_then_unlearn"]["gd"]["fraction"] >= 0.5),
       "1_subclass_weight_rises_then_falls": bool(weight[top] >= 2 * weight[0] and
                                                  weight[-1] <= 0.5 * weight[top]),
       "2_min_norm_collapses_other_minimizer_does_not": bool(
@@ -460,23 +524,36 @@ def verdicts(claims: Mapping, c) -> dict:
 def summary_text(claims: Mapping) -> str:
   dyn, mn, ucl, jt, v = (claims["scl_dynamics"], claims["scl_min_norm"],
                          claims["ucl_embedding_size"], claims["joint"], claims["verdicts"])
-  s = claims["settings"]
+  s, sd = claims["settings"], dyn["settings"]
   sub = dyn["subclass_accuracy"]
   peak = int(np.argmax(sub))
+  ltu = dyn["learn_then_unlearn"]
   mark = lambda ok: "HOLDS" if ok else "does NOT hold"
+
+  def seeds(name):
+    r = ltu[name]
+    at = (f", median peak at step {r['median_peak_step']:.0f}" if r["median_peak_step"]
+          is not None else "")
+    return f"{round(r['fraction'] * r['seeds'])}/{r['seeds']} seeds with {name.upper()}{at}"
+
+  labels = "balanced" if sd["balanced_labels"] else "random"
   lines = [
       f"Xue et al. (2023) simplicity-bias claims on a linear model: n={s['n']}, d={s['d']}, "
       f"p={s['p']}, a_class={s['a_class']}, a_sub={s['a_sub']}, {s['num_easy']} easy features "
       f"of strength {s['a_easy']}, noise {s['noise']}, {s['num_seeds']} seed(s) "
       "(accuracies: logistic probes on fresh test samples, seed means).",
       f"1. SCL (S)GD learns then unlearns the subclass: {mark(v['1_scl_learns_then_unlearns_subclass'])}"
-      f" — GD subclass accuracy {sub[0]:.3f} at init, {sub[peak]:.3f} at step {dyn['step'][peak]}"
-      f", {sub[-1]:.3f} at step {dyn['step'][-1]}; SGD {dyn['sgd']['subclass_accuracy'][0]:.3f}"
-      f" → max {max(dyn['sgd']['subclass_accuracy']):.3f} → "
-      f"{dyn['sgd']['subclass_accuracy'][-1]:.3f}; ‖We2‖ {dyn['subclass_weight'][0]:.2e} → "
+      f" — the subclass probe rises >= {sd['dynamics']['rise']} above its initial value and falls "
+      f">= {sd['dynamics']['fall']} below its peak in {seeds('gd')}, and in {seeds('sgd')} "
+      f"(batch {sd['batch_size']}); regime n={sd['n']}, d={sd['d']}, p={sd['p']}, "
+      f"a_class={sd['a_class']}, a_sub={sd['a_sub']}, {sd['num_easy']} easy features, noise "
+      f"{sd['noise']}, {labels} training labels, init {sd['init_scale']}, lr {sd['lr']}, "
+      f"{sd['steps']} steps. Seed means: GD subclass accuracy {sub[0]:.3f} at init, "
+      f"{sub[peak]:.3f} at step {dyn['step'][peak]}, {sub[-1]:.3f} at step {dyn['step'][-1]} "
+      f"(class {dyn['class_accuracy'][-1]:.3f}); ‖We2‖ {dyn['subclass_weight'][0]:.2e} → "
       f"{max(dyn['subclass_weight']):.2e} → {dyn['subclass_weight'][-1]:.2e}; GD ends "
-      f"{dyn['gd_to_min_norm_relative_distance']:.3f} (relative) from the min-norm M*; the "
-      f"weight rises then falls: {v['1_subclass_weight_rises_then_falls']}.",
+      f"{dyn['gd_to_min_norm_relative_distance']:.3f} (relative) from the min-norm M*, whose "
+      f"subclass accuracy is {dyn['min_norm']['subclass_accuracy']:.3f}.",
       f"2. min-norm SCL minimiser collapses subclasses, another minimiser does not: "
       f"{mark(v['2_min_norm_collapses_other_minimizer_does_not'])} — subclass accuracy "
       f"{mn['subclass_accuracy']:.3f} (class {mn['class_accuracy']:.3f}) vs "
@@ -511,19 +588,25 @@ def plot_claims(claims: Mapping, workdir):
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   dyn = claims["scl_dynamics"]
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+  fig, axes = plt.subplots(1, 3, figsize=(15, 3.8))
   for name, style in (("gd", "-"), ("sgd", "--")):
-    axes[0].plot(dyn["step"], dyn[name]["class_accuracy"], style, color="C0",
-                 label=f"class ({name})")
-    axes[0].plot(dyn["step"], dyn[name]["subclass_accuracy"], style, color="C1",
-                 label=f"subclass ({name})")
-    axes[1].plot(dyn["step"], dyn[name]["class_weight"], style, color="C0",
-                 label=f"‖W e1‖ ({name})")
-    axes[1].plot(dyn["step"], dyn[name]["subclass_weight"], style, color="C1",
-                 label=f"‖W e2‖ ({name})")
-  axes[0].set(xlabel="step", ylabel="probe test accuracy", ylim=(0.4, 1.02),
-              title="SCL: learn then unlearn the subclass?")
-  axes[1].set(xlabel="step", ylabel="weight", yscale="log", title="feature weights")
+    for i, run in enumerate(dyn["per_seed"]):
+      label = name.upper() if i == 0 else None
+      detected = run[name]["learn_then_unlearn"]["detected"]
+      axes[0 if name == "gd" else 1].plot(dyn["step"], run[name]["subclass_accuracy"], style,
+                                          color="C1" if detected else "C7", lw=0.9, alpha=0.8,
+                                          label=label)
+      axes[2].plot(dyn["step"], run[name]["subclass_weight"], style, color="C1", lw=0.7,
+                   alpha=0.6, label=f"‖W e2‖ ({label})" if label else None)
+      axes[2].plot(dyn["step"], run[name]["class_weight"], style, color="C0", lw=0.7, alpha=0.6,
+                   label=f"‖W e1‖ ({label})" if label else None)
+  ltu = dyn["learn_then_unlearn"]
+  for ax, name in ((axes[0], "gd"), (axes[1], "sgd")):
+    ax.set(xlabel="step", ylabel="subclass probe test accuracy", ylim=(0.4, 1.02),
+           title=f"SCL {name.upper()}: learns then unlearns in "
+                 f"{round(ltu[name]['fraction'] * ltu[name]['seeds'])}/{ltu[name]['seeds']} seeds "
+                 "(orange)")
+  axes[2].set(xlabel="step", ylabel="weight", yscale="log", title="feature weights per seed")
   for ax in axes:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -559,8 +642,16 @@ def check_config(c):
   for field in ("n", "p", "steps", "record_every", "batch_size", "num_probe", "num_seeds"):
     if c[field] <= 0:
       raise ConfigError(f"{field}={c[field]} must be > 0.")
-  if c.n % 4:
-    raise ConfigError(f"n={c.n} must be a multiple of 4 (balanced classes and subclasses).")
+  if c.balanced_labels and c.n % 4:
+    raise ConfigError(f"n={c.n} must be a multiple of 4 with balanced_labels=True (balanced "
+                      "classes and subclasses).")
+  unknown = sorted(set(c.dynamics) - set(c) - {"num_seeds", "rise", "fall"})
+  if unknown:
+    raise ConfigError(f"dynamics.{unknown[0]} is not a simulator field: dynamics may override "
+                      f"{', '.join(sorted(c))} and set num_seeds, rise, fall.")
+  if c.dynamics.steps % c.dynamics.record_every:
+    raise ConfigError(f"dynamics.steps={c.dynamics.steps} must be a multiple of "
+                      f"dynamics.record_every={c.dynamics.record_every}.")
   if c.steps % c.record_every:
     raise ConfigError(f"steps={c.steps} must be a multiple of record_every={c.record_every}.")
   needed = 2 + max(c.num_easy, *c.diverse_num_easy) + 1

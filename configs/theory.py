@@ -6,6 +6,7 @@ Defaults: d ≫ n; 4 easy class-irrelevant features stronger than the class feat
 (a_easy² = 4 > a_class² = 1); a salient subclass feature (a_sub² = 6.25, e.g. "fluffy"); embedding
 size p = 5 = num_easy + 1, small enough for UCL to drop the class. `joint_a_sub` reruns claim 5
 with a weaker subclass (a_sub = 0.7, 1.5) to show where the joint loss stops keeping it.
+Claim 1 runs in the regime of `dynamics` (its fields replace the others for that claim).
 """
 import ml_collections
 
@@ -14,7 +15,8 @@ def get_config(arg=None):
   del arg
   c = ml_collections.ConfigDict()
   # Data: x = a_class·y·e1 + a_sub·s·e2 + a_easy·Σ z_j e_{2+j} + ξ, ‖ξ‖ ≈ noise.
-  c.n = 64                  # training examples (multiple of 4: balanced classes × subclasses)
+  c.n = 64                  # training examples
+  c.balanced_labels = False  # True: (class, subclass) cycle exactly (no subclass in class means)
   c.d = 512                 # input dimension (d ≫ n)
   c.a_class = 1.0
   c.a_sub = 2.5
@@ -37,4 +39,11 @@ def get_config(arg=None):
   c.diverse_num_easy = (4, 16, 32)  # claim 4b at the largest embedding size
   c.joint_a_sub = (0.7, 1.5, 2.5)   # claim 5 regimes
   c.num_seeds = 3
+  # Claim 1 (SCL learns, then unlearns the subclass) in its own regime: these fields replace the
+  # ones above for that claim. A weak subclass, no easy features, a 2-d embedding, a tiny init.
+  c.dynamics = ml_collections.ConfigDict(dict(
+      n=100, d=2000, num_easy=0, a_class=1.0, a_sub=0.5, noise=1.0, p=2, init_scale=1e-4,
+      lr=0.1, steps=20000, record_every=200, batch_size=20,
+      num_seeds=10,          # seeds of claim 1
+      rise=0.1, fall=0.1))   # learn: the subclass probe rises >= rise; unlearn: falls >= fall
   return c

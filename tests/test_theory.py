@@ -13,9 +13,52 @@ from configs import theory as theory_config
 def small_config(**overrides):
   c = theory_config.get_config()
   c.update(dict(n=32, d=128, num_probe=400, steps=600, record_every=50, num_seeds=1,
-                embedding_sizes=(1, 2, 5, 8), diverse_num_easy=(4, 12), joint_a_sub=(2.5,)))
+                embedding_sizes=(1, 2, 5, 8), diverse_num_easy=(4, 12), joint_a_sub=(2.5,),
+                balanced_labels=True))
+  c.dynamics.update(dict(n=40, d=400, steps=2000, record_every=100, num_seeds=1))
   c.update(overrides)
   return c
+
+
+def test_training_labels_are_drawn_at_random_so_class_means_carry_the_subclass():
+  c = theory_config.get_config()
+  assert not c.balanced_labels
+  train = theory.sample_examples(c, 100, np.random.default_rng(0), balanced=False)
+  cells = [int(np.sum((train.y == y) & (train.s == s))) for y in (-1, 1) for s in (-1, 1)]
+  assert sum(cells) == 100 and len(set(cells)) > 1  # not 25 each
+  sub_in_means = [abs(train.s[train.y == y].mean()) for y in (-1, 1)]
+  assert max(sub_in_means) > 0.05  # E[s | class] ≠ 0 in the sample: A_SCL has a subclass part
+  f_a, _ = theory.moment_factors(train, c, "scl", "imperfect")
+  assert np.abs(f_a[1]).max() > 0.01  # the e2 (subclass) row of A_SCL's factor
+  balanced = theory.sample_examples(c, 100, np.random.default_rng(0), balanced=True)
+  f_a, _ = theory.moment_factors(balanced, c, "scl", "imperfect")
+  assert np.abs(f_a[1]).max() < 1e-12
+  a, sigma = theory.moments(train, c, "scl", "imperfect")  # the dense moments are the products
+  np.testing.assert_allclose(a, theory.moment_factors(train, c, "scl", "imperfect")[0] @
+                             theory.moment_factors(train, c, "scl", "imperfect")[0].T)
+
+
+def test_learn_then_unlearn_needs_a_rise_and_a_fall():
+  steps = [0, 100, 200, 300, 400]
+  verdict = theory.learn_then_unlearn(steps, [0.6, 0.9, 1.0, 0.8, 0.85], 0.1, 0.1)
+  assert verdict == {"detected": True, "initial": 0.6, "peak": 1.0, "peak_step": 200,
+                     "final": 0.85}
+  assert not theory.learn_then_unlearn(steps, [0.6, 0.7, 0.8, 0.9, 1.0], 0.1, 0.1)["detected"]
+  assert not theory.learn_then_unlearn(steps, [0.9, 0.95, 0.9, 0.6, 0.5], 0.1, 0.1)["detected"]
+  assert not theory.learn_then_unlearn(steps, [0.6, 0.65, 0.6, 0.62, 0.6], 0.1, 0.1)["detected"]
+
+
+def test_claim_one_learn_then_unlearn_with_random_labels_not_with_balanced_ones():
+  """A small instance of the claim-1 regime (n 40, d 400, weak subclass a_s 0.5, p 2): GD on SCL
+  with random training labels lifts the subclass probe to ~1 and then unlearns it; with exactly
+  balanced labels A_SCL has no subclass part and GD never learns it."""
+  c = small_config(balanced_labels=False)
+  c.dynamics.update(steps=4000)
+  random_labels = theory.scl_dynamics(c, seed=1)["gd"]["learn_then_unlearn"]
+  assert random_labels["detected"] and random_labels["peak"] > 0.9, random_labels
+  c.balanced_labels = True
+  balanced = theory.scl_dynamics(c, seed=1)["gd"]["learn_then_unlearn"]
+  assert not balanced["detected"] and balanced["peak"] < random_labels["peak"] - 0.1, balanced
 
 
 def _instance(loss, augmentation, seed=0):
@@ -111,10 +154,14 @@ def test_each_claim_direction_on_a_small_instance(tmp_path):
   assert v["4a_good_augmentation_prevents_suppression_at_small_size"]
   assert v["4b_diverse_easy_features_suppress_at_largest_size"]
   assert v["5_joint_keeps_class_and_subclass"] and v["setting_scl_collapses_and_ucl_suppresses"]
-  # Claim 1 as measured here: SCL training removes the subclass that a random projection keeps.
+  # Claim 1: its own regime, a verdict per seed and their summary.
   dyn = claims["scl_dynamics"]
-  assert dyn["subclass_accuracy"][-1] < dyn["subclass_accuracy"][0] - 0.05
+  assert dyn["settings"]["d"] == 400 and dyn["settings"]["p"] == 2
   assert dyn["class_accuracy"][-1] > 0.95
+  for name in ("gd", "sgd"):
+    summary = dyn["learn_then_unlearn"][name]
+    assert summary["seeds"] == 1 and len(summary["per_seed"]) == 1
+    assert summary["fraction"] == float(summary["per_seed"][0]["detected"])
   # Outputs: claims.json with the documented keys, the summary, two PNGs.
   saved = json.loads((tmp_path / "claims.json").read_text())
   assert {"step", "class_accuracy", "subclass_accuracy"} <= set(saved["scl_dynamics"])
@@ -130,7 +177,7 @@ def test_each_claim_direction_on_a_small_instance(tmp_path):
 
 @pytest.mark.parametrize("field,value,message", [
     ("augmentation", "perfect", "augmentation='perfect' is not one of: imperfect, good"),
-    ("n", 10, "n=10 must be a multiple of 4"),
+    ("n", 10, "n=10 must be a multiple of 4 with balanced_labels=True"),
     ("p", 2, "p=2 must be >= 3"),
     ("d", 8, "d=8 is too small"),
     ("beta", 1.5, r"beta=1.5 must be in \[0, 1\]"),
