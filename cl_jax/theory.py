@@ -521,6 +521,16 @@ def verdicts(claims: Mapping, c) -> dict:
   }
 
 
+def _std(claim: Mapping, *keys) -> float:
+  """Sample std over the claim's seeds of the number at `keys` (0 for one seed)."""
+  values = []
+  for run in claim["per_seed"]:
+    for k in keys:
+      run = run[k]
+    values.append(run)
+  return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
 def summary_text(claims: Mapping) -> str:
   dyn, mn, ucl, jt, v = (claims["scl_dynamics"], claims["scl_min_norm"],
                          claims["ucl_embedding_size"], claims["joint"], claims["verdicts"])
@@ -540,8 +550,9 @@ def summary_text(claims: Mapping) -> str:
   lines = [
       f"Xue et al. (2023) simplicity-bias claims on a linear model: n={s['n']}, d={s['d']}, "
       f"p={s['p']}, a_class={s['a_class']}, a_sub={s['a_sub']}, {s['num_easy']} easy features "
-      f"of strength {s['a_easy']}, noise {s['noise']}, {s['num_seeds']} seed(s) "
-      "(accuracies: logistic probes on fresh test samples, seed means).",
+      f"of strength {s['a_easy']}, noise {s['noise']}, "
+      f"{'balanced' if s['balanced_labels'] else 'random'} training labels, {s['num_seeds']} "
+      "seed(s) (accuracies: logistic probes on fresh test samples, seed means ± sample std).",
       f"1. SCL (S)GD learns then unlearns the subclass: {mark(v['1_scl_learns_then_unlearns_subclass'])}"
       f" — the subclass probe rises >= {sd['dynamics']['rise']} above its initial value and falls "
       f">= {sd['dynamics']['fall']} below its peak in {seeds('gd')}, and in {seeds('sgd')} "
@@ -556,8 +567,9 @@ def summary_text(claims: Mapping) -> str:
       f"subclass accuracy is {dyn['min_norm']['subclass_accuracy']:.3f}.",
       f"2. min-norm SCL minimiser collapses subclasses, another minimiser does not: "
       f"{mark(v['2_min_norm_collapses_other_minimizer_does_not'])} — subclass accuracy "
-      f"{mn['subclass_accuracy']:.3f} (class {mn['class_accuracy']:.3f}) vs "
-      f"{mn['other_minimizer']['subclass_accuracy']:.3f} at the same training loss "
+      f"{mn['subclass_accuracy']:.3f} ± {_std(mn, 'subclass_accuracy'):.3f} (class "
+      f"{mn['class_accuracy']:.3f}) vs {mn['other_minimizer']['subclass_accuracy']:.3f} ± "
+      f"{_std(mn, 'other_minimizer', 'subclass_accuracy'):.3f} at the same training loss "
       f"({mn['training_loss']:.6f} vs {mn['other_minimizer']['training_loss']:.6f}).",
       f"3. UCL, imperfect augmentation: class accuracy per embedding size "
       f"{dict(zip(ucl['embedding_size'], [round(x, 3) for x in ucl['imperfect_augmentation']]))}"
@@ -681,9 +693,13 @@ def run(c, workdir) -> dict:
 
 def main(argv):
   del argv
+  import sys  # pylint: disable=g-import-not-at-top
   from cl_jax import cli  # pylint: disable=g-import-not-at-top
   cli.setup()
   claims = run(_CONFIG.value, _WORKDIR.value)
+  claims["command"] = " ".join(["python -m cl_jax.theory", *sys.argv[1:]])
+  claims["date"] = time.strftime("%Y-%m-%d")
+  paths.write_json(paths.workdir_path(_WORKDIR.value) / "claims.json", claims)
   print(summary_text(claims), end="")
   print(f"wrote {_WORKDIR.value}/claims.json, summary.txt, dynamics.png, suppression.png "
         f"({claims['wall_seconds']:.1f} s)")

@@ -4,7 +4,8 @@
   python -m cl_jax.analysis.results_doc                                       # regenerate only
 
 `--add=DIR` copies a finished sweep's DIR/results.json and DIR/sweep.json (written by
-cl_jax.analysis.sweep) into docs/results/<DIR's name>.json. docs/results.md is then written from
+cl_jax.analysis.sweep) into docs/results/<DIR's name>.json; a simulator run's DIR/claims.json
+(cl_jax.theory) the same way. docs/results.md is then written from
 every docs/results/*.json: per sweep its description, the exact command, devices, date and wall
 time, the table of mean ± std over seeds (and the paper's layout for two-axis sweeps), and the
 hand-written commentary in docs/results/<name>.md when there is one.
@@ -28,13 +29,33 @@ rerun the sweep and add it again. "mean ± std (n)": over n seeds, sample std.
 """
 
 
-def add(sweep_dir, results_dir):
-  """Copy a sweep's results.json and sweep.json into results_dir/<name>.json."""
-  sweep_dir = paths.workdir_path(sweep_dir)
+def add(run_dir, results_dir):
+  """Copy a sweep's results.json and sweep.json (or a simulator run's claims.json, without its
+  per-seed curves) into results_dir/<name>.json."""
+  run_dir = paths.workdir_path(run_dir)
   results_dir.mkdir(parents=True, exist_ok=True)
-  record = {"name": sweep_dir.name, **paths.read_json(sweep_dir / "sweep.json"),
-            "rows": paths.read_json(sweep_dir / "results.json")}
-  paths.write_json(results_dir / f"{sweep_dir.name}.json", record)
+  if (run_dir / "claims.json").exists():
+    from cl_jax import theory  # pylint: disable=g-import-not-at-top
+    claims = paths.read_json(run_dir / "claims.json")
+    record = {"name": run_dir.name, "kind": "theory", "command": claims.get("command", ""),
+              "date": claims.get("date", ""), "wall_seconds": claims["wall_seconds"],
+              "summary": theory.summary_text(claims),
+              "learn_then_unlearn": claims["scl_dynamics"]["learn_then_unlearn"],
+              "verdicts": claims["verdicts"]}
+  else:
+    record = {"name": run_dir.name, **paths.read_json(run_dir / "sweep.json"),
+              "rows": paths.read_json(run_dir / "results.json")}
+  paths.write_json(results_dir / f"{run_dir.name}.json", record)
+
+
+def theory_section(record: dict, commentary: str = "") -> str:
+  """The markdown of one simulator run: its command and its summary, claim by claim."""
+  lines = [f"## {record['name']}", "", f"```\n{record['command']}\n```", "",
+           f"{record['date']}, {record['wall_seconds'] / 60:.1f} min.", "",
+           *[f"- {line}" for line in record["summary"].strip().splitlines()]]
+  if commentary:
+    lines += ["", commentary.strip()]
+  return "\n".join(lines) + "\n"
 
 
 def section(record: dict, commentary: str = "") -> str:
@@ -60,8 +81,9 @@ def render(results_dir) -> str:
   parts = [HEADER]
   for name in names:
     commentary = results_dir / f"{name}.md"
-    parts.append(section(paths.read_json(results_dir / f"{name}.json"),
-                         commentary.read_text() if commentary.exists() else ""))
+    record = paths.read_json(results_dir / f"{name}.json")
+    render_one = theory_section if record.get("kind") == "theory" else section
+    parts.append(render_one(record, commentary.read_text() if commentary.exists() else ""))
   return "\n".join(parts)
 
 
