@@ -9,7 +9,7 @@ docs/method.md §1.2, §1.3, §2.6).
 
 Embedded default: digits with class = (digit ≥ 5) supervising SCL and the digit as subclass, plus
 random bits as the easy class-irrelevant feature. eval.json reports `label` (class), `subclass`
-and `bits` accuracies and, every eval.every_steps, the probe curve (learn-then-unlearn).
+and `bits` accuracies and, every evals.curve.every_steps, the probe curve (learn-then-unlearn).
 """
 from configs import common, simclr_randbit
 

@@ -51,6 +51,8 @@ SCHEDULE_FIELDS = {"every_steps": spec.at_least(0), "at_end": spec.Field()}
 def check(evals_config):
   """Raise `spec.ConfigError` for an unknown evaluator type or a bad field of one."""
   for name, cfg in evals_config.items():
+    if "type" not in cfg:
+      raise spec.ConfigError(f"evals.{name} has no type: one of {', '.join(EVALUATORS)}.")
     spec.check_choice(cfg, f"evals.{name}", "type",
                       {t: e.fields for t, e in sorted(EVALUATORS.items())})
     for field, check_field in SCHEDULE_FIELDS.items():
