@@ -92,3 +92,16 @@ def check_choice(section, prefix: str, selector: str, choices: Mapping[str, Mapp
           f"{prefix}.{name}={section[name]!r} has no effect with {prefix}.{selector}={chosen!r}: "
           f"only {', '.join(repr(n) for n in names)} read it. Set {prefix}.{name}={field.off!r}, "
           f"or choose one of those.")
+
+
+def apply_overrides(config, overrides: dict):
+  """Set dotted fields of `config` ({'loss.prior': 'gaussian'}), as sweeps and tests do;
+  unknown fields are an error (a KeyError naming the override)."""
+  for dotted, value in overrides.items():
+    *path, field = dotted.split(".")
+    node = config
+    for p in path:
+      node = node[p]
+    if field not in node:
+      raise KeyError(f"Override {dotted!r}: the config has no such field.")
+    node[field] = value

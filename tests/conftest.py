@@ -40,8 +40,8 @@ SMALL = {"model.head_hidden_dim": 32, "model.embed_dim": 16, "train.batch_size":
 
 def shrink(config, num_steps: int = 6):
   """`config` shrunk to seconds of training: SMALL, checkpoint every 2 steps."""
-  from cl_jax.analysis import sweep  # pylint: disable=g-import-not-at-top
-  sweep.apply_overrides(config, SMALL)
+  from cl_jax import spec  # pylint: disable=g-import-not-at-top
+  spec.apply_overrides(config, SMALL)
   config.train.update(num_steps=num_steps, log_every_steps=2, checkpoint_every_steps=2)
   return config
 

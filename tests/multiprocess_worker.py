@@ -16,7 +16,7 @@ hosts.initialize_distributed()
 import jax  # noqa: E402
 
 from cl_jax import train  # noqa: E402
-from cl_jax.analysis import sweep  # noqa: E402
+from cl_jax import spec  # noqa: E402
 from configs import simclr_randbit  # noqa: E402
 
 
@@ -33,7 +33,7 @@ def ordered_devices(order: str):
 if __name__ == "__main__":
   workdir, order, overrides = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
   config = simclr_randbit.get_config()
-  sweep.apply_overrides(config, overrides)
+  spec.apply_overrides(config, overrides)
   try:
     train.train_and_evaluate(config, workdir, devices=ordered_devices(order))
   except hosts.Preempted:

@@ -10,8 +10,7 @@ import time
 
 import numpy as np
 
-from cl_jax import train
-from cl_jax.analysis import sweep
+from cl_jax import spec, train
 from configs import simclr_randbit
 from tests.conftest import REPO, SMALL, subprocess_env
 
@@ -70,7 +69,7 @@ def test_two_processes_interleaved_mesh_preempted_and_resumed_equal_one_process(
   two_processes = json.loads((workdir / "eval.json").read_text())
 
   config = simclr_randbit.get_config()
-  sweep.apply_overrides(config, OVERRIDES)
+  spec.apply_overrides(config, OVERRIDES)
   one_process = train.train_and_evaluate(config, str(tmp_path / "one_process"))  # 8 devices
   _assert_same_eval(two_processes, one_process)
 
@@ -85,8 +84,8 @@ def test_sweep_on_two_processes_is_preempted_and_resumed(tmp_path):
   """The sweep runs on a multi-process job like cl_jax.main (launch/local_cluster.py): every
   process trains every run, SIGTERM saves the run in progress and exits 75, rerunning finishes
   the sweep without retraining what was done."""
-  spec = tmp_path / "sweep.json"
-  spec.write_text(json.dumps({"axes": {"bits": {"0": {"data.random_bits": 0},
+  sweep_file = tmp_path / "sweep.json"
+  sweep_file.write_text(json.dumps({"axes": {"bits": {"0": {"data.random_bits": 0},
                                                 "2": {"data.random_bits": 2}}},
                               "overrides": SWEEP_OVERRIDES, "seeds": 1}))
   workdir = tmp_path / "sweep"
@@ -95,7 +94,7 @@ def test_sweep_on_two_processes_is_preempted_and_resumed(tmp_path):
     return subprocess.Popen(
         [sys.executable, "launch/local_cluster.py", "--processes=2", "--devices_per_process=2",
          "--module=cl_jax.analysis.sweep", "--", "--config=configs/simclr_randbit.py",
-         f"--sweep={spec}", f"--workdir={workdir}"],
+         f"--sweep={sweep_file}", f"--workdir={workdir}"],
         cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         text=True)
 

@@ -25,8 +25,7 @@ ONE_DEVICE = jax.devices()[:1]
 def test_a_field_the_chosen_method_ignores_is_refused_before_compiling(
     make, overrides, message, tmp_path, monkeypatch, small):
   config = small(make())
-  from cl_jax.analysis import sweep  # pylint: disable=g-import-not-at-top
-  sweep.apply_overrides(config, overrides)
+  spec.apply_overrides(config, overrides)
   monkeypatch.setattr(train, "create_train_state", lambda *a, **k: pytest.fail("compiled"))
   with pytest.raises(validate.ConfigError, match=message):
     train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)

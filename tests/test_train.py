@@ -13,7 +13,7 @@ import pytest
 import tensorflow_datasets as tfds
 
 from cl_jax import hosts, train, validate
-from cl_jax.analysis import sweep
+from cl_jax import spec
 from cl_jax.data import pipeline, sources
 from configs import simclr_randbit
 from tests.conftest import REPO, SMALL, subprocess_env
@@ -118,7 +118,7 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
 def test_bad_input_fails_with_a_clear_message_before_compiling(digits_config, tmp_path,
                                                                monkeypatch, field, value,
                                                                message):
-  sweep.apply_overrides(digits_config, {field: value})
+  spec.apply_overrides(digits_config, {field: value})
   monkeypatch.setattr(train, "create_train_state", lambda *a, **k: pytest.fail("compiled"))
   with pytest.raises((validate.ConfigError, sources.DataError), match=message):
     train.train_and_evaluate(digits_config, str(tmp_path))

@@ -45,6 +45,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from cl_jax import cli, evaluators, paths, plots, train
+from cl_jax.spec import apply_overrides
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file[:variant].",
                                           lock_config=True)
@@ -57,18 +58,6 @@ _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per grid point (default: the
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process job (as cl_jax.main "
                                  "--distributed): every process trains every run.")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
-
-
-def apply_overrides(config, overrides: dict):
-  """Set dotted fields ('loss.prior': 'gaussian'); unknown fields are an error."""
-  for dotted, value in overrides.items():
-    *path, field = dotted.split(".")
-    node = config
-    for p in path:
-      node = node[p]
-    if field not in node:
-      raise KeyError(f"Sweep override {dotted!r}: the config has no such field.")
-    node[field] = value
 
 
 def grid(spec: dict):
