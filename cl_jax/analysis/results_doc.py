@@ -15,7 +15,7 @@ import os
 from absl import flags
 
 from cl_jax import cli, paths
-from cl_jax.analysis import sweep
+from cl_jax.analysis import reports
 
 _ADD = flags.DEFINE_multi_string("add", [], "Sweep workdir(s) to add to docs/results/.")
 _DOCS = flags.DEFINE_string("docs", "docs", "The docs folder.")
@@ -67,10 +67,10 @@ def section(record: dict, commentary: str = "") -> str:
            f"{len(rows)} points × {record['seeds']} seeds = {runs} runs on {record['devices']}, "
            f"{record['date']} (JAX {record['jax']}); the last invocation took "
            f"{record['wall_seconds_this_invocation'] / 60:.1f} min.", "",
-           sweep.markdown_table(rows, spec["axes"], sweep.table_metrics(rows, sections),
+           reports.markdown_table(rows, spec["axes"], reports.table_metrics(rows, sections),
                                 sections)]
   if len(spec["axes"]) == 2:
-    lines += ["", sweep.pivot_table(rows, spec["axes"], record["metric"])]
+    lines += ["", reports.pivot_table(rows, spec["axes"], record["metric"])]
   if commentary:
     lines += ["", commentary.strip()]
   return "\n".join(lines) + "\n"
