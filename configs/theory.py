@@ -45,5 +45,6 @@ def get_config(arg=None):
       n=100, d=2000, num_easy=0, a_class=1.0, a_sub=0.5, noise=1.0, p=2, init_scale=1e-4,
       lr=0.1, steps=20000, record_every=200, batch_size=20,
       num_seeds=10,          # seeds of claim 1
-      rise=0.1, fall=0.1))   # learn: the subclass probe rises >= rise; unlearn: falls >= fall
+      rise=0.1, fall=0.1))   # learn: the subclass probe rises >= rise; unlearn: its last
+                             # quarter's mean is >= fall below the peak
   return c
