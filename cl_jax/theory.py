@@ -365,6 +365,12 @@ def scl_dynamics(c, seed: int) -> dict:
                           record_every=c.record_every)
   out = {"step": [0, *steps.tolist()]}
   for name, ws in (("gd", gd), ("sgd", sgd)):
+    if not np.all(np.isfinite(ws)):
+      first = int(steps[np.argmin(np.all(np.isfinite(ws), axis=(1, 2)))])
+      raise ConfigError(f"dynamics.lr={c.lr} is too large for claim 1's regime: {name.upper()} "
+                        f"diverged (W not finite by step {first}, seed {seed}). Lower "
+                        "dynamics.lr (e.g. by 5×) or weaken the features (dynamics.a_sub, "
+                        "dynamics.noise).")
     records = [evaluate(w, c, probe_train, probe_test) for w in [w0, *ws]]
     out[name] = {k: [r[k] for r in records] for k in records[0]}
     out[name]["learn_then_unlearn"] = learn_then_unlearn(

@@ -178,6 +178,13 @@ def test_each_claim_direction_on_a_small_instance(tmp_path):
     assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_diverging_claim_one_run_names_the_learning_rate(tmp_path):
+  c = small_config()
+  c.dynamics.update(lr=50.0, steps=200)
+  with pytest.raises(theory.ConfigError, match=r"dynamics.lr=50.0 is too large .* diverged"):
+    theory.scl_dynamics(c, seed=0)
+
+
 @pytest.mark.parametrize("field,value,message", [
     ("augmentation", "perfect", "augmentation='perfect' is not one of: imperfect, good"),
     ("n", 10, "n=10 must be a multiple of 4 with balanced_labels=True"),

@@ -12,6 +12,7 @@ hand-written commentary in docs/results/<name>.md when there is one.
 """
 import os
 
+import numpy as np
 from absl import flags
 
 from cl_jax import cli, paths
@@ -76,9 +77,37 @@ def section(record: dict, commentary: str = "") -> str:
   return "\n".join(lines) + "\n"
 
 
+def claim_one_table(records) -> str:
+  """Claim 1 of the simulator runs side by side: per run (its overrides of configs/theory.py),
+  for GD and SGD, the seeds that learn then unlearn the subclass, the median peak step, and the
+  subclass probe at init → peak → end (mean ± std over seeds)."""
+  lines = ["Claim 1 (SCL learns, then unlearns the subclass) across the simulator runs below:", "",
+           "| run | overrides | GD: seeds | GD peak step (median) | GD subclass init → peak → end "
+           "| SGD: seeds | SGD subclass init → peak → end |", "|---|---|---|---|---|---|---|"]
+  for r in records:
+    overrides = " ".join(a.replace("--config.", "") for a in r["command"].split()
+                         if a.startswith("--config.")) or "(defaults)"
+    cells = []
+    for method in ("gd", "sgd"):
+      seeds = r["learn_then_unlearn"][method]["per_seed"]
+      stat = lambda key: (f"{np.mean([x[key] for x in seeds]):.2f} ± "  # noqa: E731
+                          f"{np.std([x[key] for x in seeds], ddof=1):.2f}")
+      median = r["learn_then_unlearn"][method]["median_peak_step"]
+      cells.append((f"{sum(x['detected'] for x in seeds)}/{len(seeds)}",
+                    "–" if median is None else f"{median:.0f}",
+                    f"{stat('initial')} → {stat('peak')} → {stat('end')}"))
+    lines.append(f"| {r['name']} | {overrides} | {cells[0][0]} | {cells[0][1]} | {cells[0][2]} | "
+                 f"{cells[1][0]} | {cells[1][2]} |")
+  return "\n".join(lines) + "\n"
+
+
 def render(results_dir) -> str:
   names = sorted(p.name[:-5] for p in results_dir.glob("*.json"))
   parts = [HEADER]
+  theory_runs = [r for r in (paths.read_json(results_dir / f"{n}.json") for n in names)
+                 if r.get("kind") == "theory"]
+  if len(theory_runs) > 1:
+    parts.append("## Simulator: claim 1 by regime\n\n" + claim_one_table(theory_runs))
   for name in names:
     commentary = results_dir / f"{name}.md"
     record = paths.read_json(results_dir / f"{name}.json")
