@@ -4,7 +4,7 @@
   python -m cl_jax.main --config=configs/simclr_randbit.py:mnist --workdir=...   (tfds mnist)
   python -m cl_jax.main --config=configs/simclr_randbit.py:cifar10 --workdir=... (tfds cifar10)
   python -m cl_jax.main --config=configs/simclr_randbit.py:mnist_colab --workdir=... \
-      [--config.data.dataset=mnist_idx --config.data.data_dir=../shared/data/mnist]
+      [--config.data.dataset=mnist_idx --config.data.data_dir=DIR_WITH_MNIST_IDX_FILES]
 
 `:mnist_colab` reproduces the randbits_mnist colab (valid-padding ConvNet, Dense 256–BN–ReLU →
 Dense 64 head, Keras BatchNorm, L2 1e-4 on kernels, views through the model one at a time, loss on

@@ -20,7 +20,7 @@ import numpy as np
 from cl_jax import spec
 
 EMBEDDED = "digits"
-IDX = "mnist_idx"  # MNIST-format IDX files in data.data_dir (e.g. ../shared/data/mnist)
+IDX = "mnist_idx"  # MNIST-format IDX files (train/t10k-images-idx3-ubyte, ...) in data.data_dir
 PHOTOS = "photos"  # embedded backgrounds: crops of scikit-learn's two sample photographs
 # The embedded default's fixed, stratified split (of 1,797 images: 1,347 train / 450 test).
 DIGITS_TEST_FRACTION = 0.25
