@@ -122,3 +122,7 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
   assert "## sweep" in text and "4 points × 3 seeds = 12 runs" in text
   assert "| a | 5 | 0.810 ± 0.010 (3) | 0.310 ± 0.010 (3) |" in text
   assert "| a | 0.410 ± 0.010 | 0.310 ± 0.010 |" in text and text.rstrip().endswith("Commentary.")
+  # The probe curves: peak and last point per point and label (fake curves: accuracy·s/4 at
+  # s = 2, 4, so the peak is the last point, at step 4), and the plot copied beside them.
+  assert "| a_5 | 0.810 ± 0.010 (step 4) → 0.810 ± 0.010 |" in text
+  assert (docs / "sweep_curves.png").stat().st_size > 1000
