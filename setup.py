@@ -27,6 +27,7 @@ setuptools.setup(
         "jax>=0.10.0",
         "flax>=0.12.0",
         "optax>=0.2.6",
+        "dm-pix>=0.4.3",  # the views' colour ops and blur on the device (cl_jax/data/views.py)
         "orbax-checkpoint>=0.11.20",
         "tensorflow-datasets>=4.9.3",
         "ml-collections>=0.1.1",

@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cl_jax import losses, spec
-from cl_jax.data import pipeline
+from cl_jax.data import pipeline, views
 from cl_jax.data.sources import Split
 
 
@@ -60,7 +60,8 @@ def extract_features(model, variables, split, data_config, *, seed: int, split_n
   rows_sharding = NamedSharding(mesh, PartitionSpec("data"))
 
   @jax.jit
-  def encode(v, x):
+  def encode(v, x, bit_integer):
+    x = views.append_bit_planes(x, bit_integer, data_config.random_bits)
     h, _, logits = model.apply(v, x, train=False)
     return h, {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
 
@@ -70,8 +71,9 @@ def extract_features(model, variables, split, data_config, *, seed: int, split_n
   label_names = ["valid", *num_classes, *(["bits"] if data_config.random_bits else [])]
   outputs = []
   for local in ds.as_numpy_iterator():
-    batch = pipeline.to_global({k: local[k] for k in ["image", *label_names]}, mesh)
-    outputs.append((*encode(variables, batch.pop("image")), batch))
+    batch = pipeline.to_global({k: local[k] for k in ["image", "bit_integer", *label_names]},
+                               mesh)
+    outputs.append((*encode(variables, batch.pop("image"), batch.pop("bit_integer")), batch))
   h, online, labels = jax.jit(lambda out: jax.tree.map(lambda *a: jnp.concatenate(a), *out),
                               out_shardings=rows_sharding)(outputs)
   valid = labels.pop("valid")
@@ -213,10 +215,9 @@ def test_representation_metrics(model, variables, test: Split, config, mesh) -> 
   same seed."""
   num_devices = mesh.devices.size
   batch_size = min(config.eval.batch_size, len(test)) // num_devices * num_devices
-  ds = pipeline.train_dataset(test, config.data, seed=config.seed, batch_size=batch_size,
-                              start_step=0, num_steps=1, split_name="test",
-                              rows=pipeline.local_rows(mesh, batch_size))
-  batch = next(pipeline.global_batches(ds, mesh))
+  batch = next(iter(pipeline.TrainBatches(test, config.data, seed=config.seed,
+                                          batch_size=batch_size, start_step=0, num_steps=1,
+                                          mesh=mesh, split_name="test")))
 
   @jax.jit
   def metrics(v, x1, x2):

@@ -197,14 +197,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
 
   # ---- Input pipeline, model, objective, optimizer, state (restored from a checkpoint).
   start_step = manager.latest_step() or 0
-  train_ds = pipeline.train_dataset(
-      train_split, config.data, seed=config.seed, batch_size=batch_size, start_step=start_step,
-      num_steps=num_steps, rows=pipeline.local_rows(mesh, batch_size))
+  batches = pipeline.TrainBatches(train_split, config.data, seed=config.seed,
+                                  batch_size=batch_size, start_step=start_step,
+                                  num_steps=num_steps, mesh=mesh)
   model = models.create_model(config.model, label_classes)
   objective = objectives.create(config, mesh.devices.size)
   schedule = optim.learning_rate_schedule(config.optim, batch_size, num_steps, per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
-  input_shape = (1, *train_ds.element_spec["view1"].shape[1:])
+  input_shape = (1, *batches.image_shape)
   state = create_train_state(model, tx, input_shape, config.seed, mesh, objective)
   if start_step:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
@@ -244,7 +244,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
   # still lets in-flight checkpoints finish.
   logging.info("Training %d steps (%d per epoch) of global batch %d on %d device(s).",
                num_steps, per_epoch, batch_size, mesh.devices.size)
-  batches = pipeline.global_batches(train_ds, mesh)
   pending, t_last, s_last, previous_finite = [], time.time(), start_step, None
   try:
     with hosts.PreemptionWatch() as preemption:
@@ -274,8 +273,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
         if preempted:
           raise hosts.Preempted(step, manager.directory)
   finally:
-    # Stop tf.data's threads now: left to the garbage collector, they held up the next run of a
-    # sweep by ~10 s.
     batches.close()
     manager.wait_until_finished()
     manager.close()

@@ -8,6 +8,15 @@ from cl_jax import train
 from cl_jax.data import features, pipeline, sources
 
 
+def device_batches(split, data_config, *, seed=0, batch_size=64, start_step=0, num_steps=1,
+                   devices=None, split_name="train") -> list:
+  """The global training batches of steps [start_step, num_steps), as host numpy arrays."""
+  batches = pipeline.TrainBatches(split, data_config, seed=seed, batch_size=batch_size,
+                                  start_step=start_step, num_steps=num_steps,
+                                  mesh=train.create_mesh(devices), split_name=split_name)
+  return [jax.device_get(b) for b in batches]
+
+
 def decode_bits(images: np.ndarray, num_channels: int, num_bits: int) -> np.ndarray:
   """Integer encoded by the constant bit planes after the first `num_channels` channels."""
   planes = images[..., num_channels:]
@@ -36,9 +45,7 @@ def test_digits_source_is_fixed_stratified_split():
 def test_bits_identical_in_both_views_and_decode_to_the_image_integer(data_config):
   split = sources.load(data_config, "train")
   expected = features.random_bit_integers(len(split), 7, seed=0, split="train")
-  ds = pipeline.train_dataset(split, data_config, seed=0, batch_size=64, start_step=0,
-                              num_steps=3)
-  for batch in ds.as_numpy_iterator():
+  for batch in device_batches(split, data_config, num_steps=3):
     np.testing.assert_array_equal(batch["view1"][..., 1:], batch["view2"][..., 1:])
     np.testing.assert_array_equal(decode_bits(batch["view1"], 1, 7), expected[batch["index"]])
     # The image channel was augmented independently in the two views.
@@ -50,10 +57,8 @@ def test_bits_fixed_per_image_across_epochs(data_config):
   split = sources.load(data_config, "train")
   per_epoch = pipeline.steps_per_epoch(len(split), 64)
   seen = {}
-  ds = pipeline.train_dataset(split, data_config, seed=0, batch_size=64, start_step=0,
-                              num_steps=3 * per_epoch)
   repeats = 0
-  for batch in ds.as_numpy_iterator():
+  for batch in device_batches(split, data_config, num_steps=3 * per_epoch):
     for i, b in zip(batch["index"], decode_bits(batch["view1"], 1, 7)):
       repeats += i in seen
       assert seen.setdefault(i, b) == b
@@ -63,27 +68,37 @@ def test_bits_fixed_per_image_across_epochs(data_config):
 def test_epochs_are_permutations_and_differ(data_config):
   split = sources.load(data_config, "train")
   per_epoch = pipeline.steps_per_epoch(len(split), 64)
-  ds = pipeline.train_dataset(split, data_config, seed=0, batch_size=64, start_step=0,
-                              num_steps=2 * per_epoch)
-  idx = np.concatenate([b["index"] for b in ds.as_numpy_iterator()]).reshape(2, -1)
+  idx = np.concatenate([b["index"] for b in device_batches(split, data_config,
+                                                          num_steps=2 * per_epoch)])
+  idx = idx.reshape(2, -1)
   assert len(set(idx[0])) == idx.shape[1] and len(set(idx[1])) == idx.shape[1]
   assert not np.array_equal(idx[0], idx[1])
+  # The host pipeline (scenes, streaming) reads the same order.
+  host = pipeline.train_dataset(split, data_config, seed=0, batch_size=64, start_step=0,
+                                num_steps=2 * per_epoch)
+  np.testing.assert_array_equal(
+      np.concatenate([b["index"] for b in host.as_numpy_iterator()]), idx.reshape(-1))
 
 
 def test_pipeline_resumes_exactly_and_is_seeded(data_config):
   split = sources.load(data_config, "train")
-  make = lambda seed, start: list(pipeline.train_dataset(
-      split, data_config, seed=seed, batch_size=32, start_step=start,
-      num_steps=8).as_numpy_iterator())
+  make = lambda seed, start: device_batches(split, data_config, seed=seed, batch_size=32,
+                                           start_step=start, num_steps=8)
   full, resumed, other = make(0, 0), make(0, 5), make(1, 0)
   for a, b in zip(full[5:], resumed):
     for k in a:
       np.testing.assert_array_equal(a[k], b[k])
   assert not np.array_equal(full[0]["index"], other[0]["index"])
+  # One device or eight: the same global batches.
+  one_device = device_batches(split, data_config, batch_size=32, start_step=5, num_steps=8,
+                              devices=jax.devices()[:1])
+  for a, b in zip(resumed, one_device):
+    for k in a:
+      np.testing.assert_allclose(a[k], b[k], atol=1e-6)
 
 
 def test_process_rows_tile_the_global_batch(data_config):
-  """Any partition of the rows (e.g. an interleaved TPU mesh: process p holds rows p, p+4, ...)
+  """The host pipeline (scenes, streamed splits): any partition of the rows (e.g. an interleaved TPU mesh: process p holds rows p, p+4, ...)
   reads exactly those rows of the one global batch."""
   split = sources.load(data_config, "train")
   make = lambda rows: next(pipeline.train_dataset(
@@ -109,7 +124,7 @@ def test_local_rows_follow_the_mesh_order():
   assert list(pipeline.local_rows(reversed_mesh, 16)) == list(range(16))
 
 
-def test_eval_images_carry_the_bits_unaugmented(data_config):
+def test_eval_images_are_unaugmented_with_their_bits(data_config):
   split = sources.load(data_config, "test")
   ds, num_classes = pipeline.eval_dataset(split, data_config, seed=0, split_name="test",
                                          batch_size=100)
@@ -118,9 +133,10 @@ def test_eval_images_carry_the_bits_unaugmented(data_config):
   images = np.concatenate([b["image"] for b in batches])
   valid = np.concatenate([b["valid"] for b in batches])
   assert images.shape[0] == 500 and valid.sum() == len(split)
-  np.testing.assert_array_equal(decode_bits(images[valid], 1, 7),
+  bit_integers = np.concatenate([b["bit_integer"] for b in batches])[valid]
+  np.testing.assert_array_equal(bit_integers,
                                 features.random_bit_integers(len(split), 7, 0, "test"))
-  np.testing.assert_allclose(images[valid][..., 0], split.images[..., 0] / 255.0, atol=1e-6)
+  np.testing.assert_allclose(images[valid], split.images / 255.0, atol=1e-6)
   bits = np.concatenate([b["bits"] for b in batches])[valid]
   np.testing.assert_array_equal(bits, features.bit_labels(
       features.random_bit_integers(len(split), 7, 0, "test"), 7))
@@ -131,20 +147,18 @@ def test_eval_images_carry_the_bits_unaugmented(data_config):
 def test_zero_bits_adds_no_channel(data_config):
   data_config.random_bits = 0
   split = sources.load(data_config, "train")
-  batch = next(pipeline.train_dataset(split, data_config, seed=0, batch_size=8, start_step=0,
-                                      num_steps=1).as_numpy_iterator())
+  batch, = device_batches(split, data_config, batch_size=8)
   assert batch["view1"].shape == (8, 16, 16, 1)
 
 
 def test_rgb_augmentations_stay_in_range():
   import ml_collections
-  config = ml_collections.ConfigDict(dict(random_bits=3, crop_area_min=0.08, flip=True,
+  config = ml_collections.ConfigDict(dict(image_size=32, random_bits=3, crop_area_min=0.08, flip=True,
                                           color_jitter=0.5, grayscale_prob=0.2, blur_prob=0.5))
   rng = np.random.default_rng(0)
   split = sources.Split(images=rng.integers(0, 256, (40, 32, 32, 3), dtype=np.uint8),
                         labels={"label": np.zeros(40, np.int32)}, num_classes={"label": 1})
-  batch = next(pipeline.train_dataset(split, config, seed=0, batch_size=40, start_step=0,
-                                      num_steps=1).as_numpy_iterator())
+  batch, = device_batches(split, config, batch_size=40)
   assert batch["view1"].shape == (40, 32, 32, 6)
   assert batch["view1"].min() >= 0.0 and batch["view1"].max() <= 1.0
   assert np.abs(batch["view1"][..., :3] - batch["view2"][..., :3]).mean() > 0.05
@@ -191,8 +205,7 @@ def test_augmented_views_of_the_test_split_carry_the_test_bits(data_config):
   """test_representation_metrics draws two augmented views of test images: their bit planes must
   be the test images' bits, the same ones evaluation probes (not the train split's)."""
   split = sources.load(data_config, "test")
-  views = next(pipeline.train_dataset(split, data_config, seed=0, batch_size=64, start_step=0,
-                                      num_steps=1, split_name="test").as_numpy_iterator())
+  views, = device_batches(split, data_config, split_name="test")
   ds, _ = pipeline.eval_dataset(split, data_config, seed=0, split_name="test",
                                 batch_size=len(split))
   eval_bits = next(ds.as_numpy_iterator())["bits"]
@@ -200,8 +213,7 @@ def test_augmented_views_of_the_test_split_carry_the_test_bits(data_config):
   want = (eval_bits[views["index"]].astype(np.int64) << np.arange(k)).sum(-1)
   for view in ("view1", "view2"):
     np.testing.assert_array_equal(decode_bits(views[view], 1, k), want)
-  train_salted = next(pipeline.train_dataset(split, data_config, seed=0, batch_size=64,
-                                             start_step=0, num_steps=1).as_numpy_iterator())
+  train_salted, = device_batches(split, data_config)
   assert not np.array_equal(decode_bits(train_salted["view1"], 1, k), want)
 
 

@@ -65,7 +65,7 @@ def gcs_bucket(monkeypatch):
 def test_gs_workdir_trains_crashes_resumes_and_writes_every_output(digits_config, tmp_path,
                                                                    gcs_bucket, monkeypatch):
   one_device = jax.devices()[:1]
-  uninterrupted_batches = pipeline.global_batches
+  uninterrupted_batches = pipeline.TrainBatches.__iter__
   digits_config.evals.curve.every_steps = 3
   local = train.train_and_evaluate(digits_config, str(tmp_path / "local"), one_device)
 
@@ -76,7 +76,7 @@ def test_gs_workdir_trains_crashes_resumes_and_writes_every_output(digits_config
     train.train_and_evaluate(digits_config, workdir, one_device)
   bucket_dir = epath.Path(workdir)
   assert [p.name for p in (bucket_dir / "checkpoints").iterdir() if p.name.isdigit()] == ["2"]
-  monkeypatch.setattr(pipeline, "global_batches", uninterrupted_batches)
+  monkeypatch.setattr(pipeline.TrainBatches, "__iter__", uninterrupted_batches)
   resumed = train.train_and_evaluate(digits_config, workdir, one_device)
   assert resumed == local
   assert json.loads((bucket_dir / "eval.json").read_text()) == local

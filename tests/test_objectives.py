@@ -11,6 +11,7 @@ import pytest
 from cl_jax import losses, models, objectives, optim, train, validate
 from cl_jax.data import pipeline, sources
 from configs import moco_ifm, supcon_joint
+from tests.test_train import _crash_after
 
 ONE_DEVICE = jax.devices()[:1]
 
@@ -45,13 +46,13 @@ def test_moco_step_moves_key_encoder_and_fills_queue(tmp_path, small):
   before = jax.device_get(state)
   np.testing.assert_allclose(jnp.linalg.norm(before.objective_state["queue"], axis=1), 1.0,
                              rtol=1e-5)
-  ds = pipeline.train_dataset(split, config.data, seed=0, batch_size=64, start_step=0,
-                              num_steps=2)
+  batches = pipeline.TrainBatches(split, config.data, seed=0, batch_size=64, start_step=0,
+                                  num_steps=2, mesh=mesh)
   step = jax.jit(lambda s, b: train.train_step(s, b, train.traced_hyperparameters(config),
                                                model=model, objective=objective,
                                                loss_config=config.loss, schedule=lambda _: 1e-2))
   query_params = [before.params]
-  for batch in pipeline.global_batches(ds, mesh):
+  for batch in batches:
     state, _ = step(state, batch)
     query_params.append(jax.device_get(state.params))
   after = jax.device_get(state)
@@ -115,14 +116,7 @@ def test_moco_and_curve_resume_exactly(tmp_path, monkeypatch, small):
   config.loss.queue_size = 128
   config.evals.curve.every_steps = 2
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"), ONE_DEVICE)
-  original = pipeline.global_batches
-
-  def crashing(ds, mesh):
-    for i, batch in enumerate(original(ds, mesh)):
-      if i == 3:
-        raise RuntimeError("simulated crash")
-      yield batch
-  monkeypatch.setattr(pipeline, "global_batches", crashing)
+  _crash_after(3, monkeypatch)
   with pytest.raises(RuntimeError):
     train.train_and_evaluate(config, str(tmp_path / "b"), ONE_DEVICE)
   monkeypatch.undo()

@@ -158,13 +158,13 @@ def test_scenes_in_the_pipeline_are_deterministic_and_labelled(scene):
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
   channels = 3 if scene["scene"] == "backgrounds" else 1
-  assert a["view1"].shape == (16, 32, 32, channels + 2)
+  assert a["image1"].shape == (16, 32, 32, channels)  # the bit planes follow on the device
   classes = pipeline.label_classes(split, config)
   assert set(classes) <= set(a)
   ds, eval_classes = pipeline.eval_dataset(split, config, seed=0, split_name="train",
                                            batch_size=64)
   batch = next(ds.as_numpy_iterator())
-  assert set(eval_classes) <= set(batch) and batch["image"].shape[1:] == (32, 32, channels + 2)
+  assert set(eval_classes) <= set(batch) and batch["image"].shape[1:] == (32, 32, channels)
   if scene["scene"] == "multidigits":  # evaluation canvases hold a single digit
     assert eval_classes == {"label": 10}
     assert np.all(np.count_nonzero(batch["image"][..., 0] > 0.05, axis=(1, 2)) <= 64)

@@ -37,14 +37,15 @@ def test_embedded_digits_end_to_end(digits_config, tmp_path):
 
 
 def _crash_after(num_batches, monkeypatch):
-  original = pipeline.global_batches
+  """Training raises while fetching batch `num_batches` + 1 (until monkeypatch.undo())."""
+  original = pipeline.TrainBatches.__iter__
 
-  def crashing(ds, mesh):
-    for i, batch in enumerate(original(ds, mesh)):
+  def crashing(self):
+    for i, batch in enumerate(original(self)):
       if i == num_batches:
         raise RuntimeError("simulated crash")
       yield batch
-  monkeypatch.setattr(pipeline, "global_batches", crashing)
+  monkeypatch.setattr(pipeline.TrainBatches, "__iter__", crashing)
 
 
 def test_resumed_run_equals_uninterrupted_run(digits_config, tmp_path, monkeypatch):

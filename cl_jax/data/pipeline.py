@@ -10,17 +10,19 @@ Multi-host: each process reads only the rows of every global batch that its own 
 (`local_rows`). The mesh decides which rows those are — on TPU slices `jax.make_mesh` interleaves
 processes — so they are computed from the sharding, never assumed to be the p-th contiguous block.
 """
-from typing import Iterator, Mapping
+import functools
+from typing import Mapping
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import tensorflow as tf
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from cl_jax.data import augment, features, sources
+from cl_jax.data import augment, features, sources, views
 
-_AUGMENT_SALT = 0x5EED
+_HOST_SALT = 0x5EED  # scenes and streamed crops (host)
 _SCENE_SALT = 0x5CE7E
 _EVAL_SALT = {"train": 0xE0, "test": 0xE1}
 
@@ -84,24 +86,25 @@ def _example_reader(split, data_config, read_in_batches_of: int):
 def train_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int,
                   batch_size: int, start_step: int, num_steps: int, rows=None,
                   split_name: str = "train") -> tf.data.Dataset:
-  """Process-local batches {view1, view2, index, <label>...} for global steps
-  [start_step, num_steps): the `rows` (increasing positions in [0, batch_size); default all,
-  multi-host: `local_rows(mesh, batch_size)`) of every global batch. `split` is a `Split` (in
-  memory) or a `StreamingSplit` (each process reads only its rows' records; JPEG views are decoded
-  and cropped in one op). `split_name` picks the split's random bits (each split has its own, the
-  ones evaluation uses).
+  """The host's part of the training views (scenes and streamed splits; `TrainBatches` makes the
+  rest on the device): process-local batches {image1, image2, bit_integer, index, <label>...} for
+  global steps [start_step, num_steps), the `rows` (increasing positions in [0, batch_size);
+  default all, multi-host: `local_rows(mesh, batch_size)`) of every global batch.
 
-  view1/view2: float32 [R, S, S, C + random_bits]; index (position in the split) and labels:
-  int32 [R], R = len(rows).
-  """
-  n, num_bits = len(split), data_config.random_bits
+  image1/image2: float32 [R, S, S, C] in [0, 1], not yet augmented: the composed scene of each
+  view (the same image unless the scene draws something per view), or for a streamed split
+  without scene the random resized crop decoded from the JPEG (crop_window of the view's key, the
+  same distribution as `views.crop_window`). index (position in the split), bit_integer and
+  labels: int32 [R], R = len(rows). `split_name` picks the split's random bits (each split has its
+  own, the ones evaluation uses)."""
+  n = len(split)
   per_epoch = steps_per_epoch(n, batch_size)
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   is_local_row = tf.constant(np.isin(np.arange(batch_size), rows))
-  bit_ints = tf.constant(features.random_bit_integers(n, num_bits, seed, split_name))
+  bit_ints = tf.constant(features.random_bit_integers(n, data_config.random_bits, seed, split_name))
   scene, _ = features.make_scene(data_config, split, train=True)
   with_records, image_of = _example_reader(split, data_config, len(rows))
-  crop_at_decode = isinstance(split, sources.StreamingSplit) and scene is None
+  crop_at_decode = cropped_at_decode(split, data_config)
   area = (data_config.crop_area_min, 1.0)
 
   def position(g):
@@ -116,22 +119,21 @@ def train_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int,
     g, index = element.pop("g"), element["index"]
     image = None if crop_at_decode else image_of(element)
     encoded = element.pop("encoded", None)
-    example_seed = tf.stack([tf.constant(seed + _AUGMENT_SALT, tf.int64), g])
+    example_seed = tf.stack([tf.constant(seed + _HOST_SALT, tf.int64), g])
     read_seed = tf.random.experimental.stateless_fold_in(example_seed, _SCENE_SALT)
-    out = {**element, "index": tf.cast(index, tf.int32)}
+    out = {**element, "index": tf.cast(index, tf.int32), "bit_integer": tf.gather(bit_ints, index)}
     view_seeds = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
     for i, view_seed in enumerate(view_seeds):
       if crop_at_decode:
         view = augment.decode_random_resized_crop(
-            encoded, augment.crop_seed(view_seed), area, size=data_config.image_size,
+            encoded, view_seed, area, size=data_config.image_size,
             image_format=split.image_format, channels=split.channels)
       else:
         view = image
         if scene is not None:
           view, scene_labels = scene(image, index, read_seed, view_seed)
           out.update(scene_labels)
-      view = augment.augment(view, view_seed, data_config, cropped=crop_at_decode)
-      out[f"view{i + 1}"] = features.append_bit_planes(view, tf.gather(bit_ints, index), num_bits)
+      out[f"image{i + 1}"] = view
     return out
 
   ds = tf.data.Dataset.range(start_step * batch_size, num_steps * batch_size)
@@ -141,10 +143,122 @@ def train_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int,
   return ds.batch(len(rows), drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
 
+def cropped_at_decode(split, data_config) -> bool:
+  """Whether the host crops the views while decoding (streamed JPEGs without a scene)."""
+  return isinstance(split, sources.StreamingSplit) and data_config.get("scene", "none") == "none"
+
+
+def resident(split, data_config) -> bool:
+  """Whether training reads `split` from device memory: in memory and without a scene."""
+  return isinstance(split, sources.Split) and data_config.get("scene", "none") == "none"
+
+
+def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
+  """[steps_per_epoch · B] int32: the split positions epoch `epoch` reads, in order — the seeded
+  permutation `tf.random.experimental.index_shuffle(p, [seed, epoch], n − 1)` of positions p,
+  without the remainder (the contract `train_dataset` follows too)."""
+  positions = tf.range(steps_per_epoch(num_examples, batch_size) * batch_size, dtype=tf.int64)
+  order = tf.random.experimental.index_shuffle(
+      positions, seed=tf.constant([seed, epoch], tf.int64),
+      max_index=tf.constant(num_examples - 1, tf.int64))
+  return order.numpy().astype(np.int32)
+
+
+def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
+  """A host array that every process holds in full → a global array replicated on every device."""
+  return jax.make_array_from_callback(array.shape, NamedSharding(mesh, PartitionSpec()),
+                                      lambda index: array[index])
+
+
+class TrainBatches:
+  """Global training batches {view1, view2, index, <label>...} (sharded on the mesh's `data` axis)
+  for the global steps [start_step, num_steps), made on the device (docs/design.md "Data flow").
+
+  Resident (`resident`): the split lives on every device; a jitted function gathers the step's
+  examples (positions (step mod steps_per_epoch)·B … +B of `epoch_order`) and makes the two views
+  (`views.two_views`). Otherwise tf.data (`train_dataset`) composes the scenes / decodes the
+  streamed crops on the host, and the same jitted `views.two_views` augments them on the device.
+  The views' keys come from (seed, global position), so both ways give batches that are a
+  function of (seed, step) only. `image_shape`: [H, W, C + random_bits] of one view."""
+
+  def __init__(self, split, data_config, *, seed: int, batch_size: int, start_step: int,
+               num_steps: int, mesh: Mesh, split_name: str = "train"):
+    self.split, self.config, self.seed, self.mesh = split, data_config, seed, mesh
+    self.batch_size, self.start_step, self.num_steps = batch_size, start_step, num_steps
+    self.per_epoch = steps_per_epoch(len(split), batch_size)
+    bit_ints = features.random_bit_integers(len(split), data_config.random_bits, seed, split_name)
+    out = batch_sharding(mesh)
+    self._host = None
+    if resident(split, data_config):
+      self._data = {k: replicate(v, mesh) for k, v in
+                    {"images": split.images, "bit_integer": bit_ints, **split.labels}.items()}
+      self._orders = {}
+      self._make = jax.jit(functools.partial(resident_batch, batch_size=batch_size,
+                                             per_epoch=self.per_epoch, data_config=data_config),
+                           out_shardings=out)
+      size = data_config.image_size
+      self.image_shape = (size, size, split.images.shape[-1] + data_config.random_bits)
+    else:
+      self._host = train_dataset(split, data_config, seed=seed, batch_size=batch_size,
+                                 start_step=start_step, num_steps=num_steps,
+                                 rows=local_rows(mesh, batch_size), split_name=split_name)
+      self.image_shape = (*self._host.element_spec["image1"].shape[1:-1],
+                          self._host.element_spec["image1"].shape[-1] + data_config.random_bits)
+      self._make = jax.jit(functools.partial(
+          finish_host_batch, data_config=data_config,
+          cropped=cropped_at_decode(split, data_config)), out_shardings=out)
+    self._key = views.view_key(seed)
+
+  def _order(self, epoch: int) -> jax.Array:
+    if epoch not in self._orders:
+      self._orders = {epoch: replicate(epoch_order(self.seed, epoch, len(self.split),
+                                                   self.batch_size), self.mesh)}
+    return self._orders[epoch]
+
+  def __iter__(self):
+    self._batches = self._resident_batches() if self._host is None else self._host_batches()
+    return self._batches
+
+  def _resident_batches(self):
+    for step in range(self.start_step, self.num_steps):
+      yield self._make(self._data, self._order(step // self.per_epoch), step, self._key)
+
+  def _host_batches(self):
+    for step, local in zip(range(self.start_step, self.num_steps),
+                           self._host.as_numpy_iterator()):
+      yield self._make(to_global(local, self.mesh), step, self._key)
+
+  def close(self):
+    """Stop tf.data's threads now (left to the garbage collector, they held up the next run of a
+    sweep by ~10 s)."""
+    if getattr(self, "_batches", None) is not None:
+      self._batches.close()
+
+
+def resident_batch(data, order, step, key, *, batch_size: int, per_epoch: int, data_config):
+  """The global batch of `step` from the device-resident split `data` {images uint8, bit_integer,
+  labels}: the examples at positions (step mod per_epoch)·B … +B of the epoch's `order`, their
+  two views and labels."""
+  index = jax.lax.dynamic_slice_in_dim(order, (step % per_epoch) * batch_size, batch_size)
+  images = data["images"][index].astype(jnp.float32) / 255.0
+  view1, view2 = views.two_views(key, step, images, images, data["bit_integer"][index],
+                                 data_config)
+  labels = {k: v[index] for k, v in data.items() if k not in ("images", "bit_integer")}
+  return {"view1": view1, "view2": view2, "index": index, **labels}
+
+
+def finish_host_batch(batch, step, key, *, data_config, cropped: bool):
+  """The two views of a global batch from `train_dataset` (image1/image2 not yet augmented)."""
+  batch = dict(batch)
+  view1, view2 = views.two_views(key, step, batch.pop("image1"), batch.pop("image2"),
+                                 batch.pop("bit_integer"), data_config, cropped=cropped)
+  return {"view1": view1, "view2": view2, **batch}
+
+
 def eval_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int, split_name: str,
                  batch_size: int, rows=None):
-  """(dataset, {label: number of classes}): un-augmented images WITH their bit planes and scene,
-  in split order, in batches of `batch_size` (the split padded to whole batches), with every
+  """(dataset, {label: number of classes}): un-augmented images (scene composed) and their
+  `bit_integer` (the planes are appended on the device: `views.append_bit_planes`), in split order, in batches of `batch_size` (the split padded to whole batches), with every
   label to probe: the split's, the scene's and `bits` ([k] 0/1, when random_bits > 0), and
   `valid` (False for the padding). Only the `rows` of every batch are produced (default all;
   multi-host: `local_rows(mesh, batch_size)`), so a streamed split is read once over all
@@ -170,8 +284,7 @@ def eval_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int, sp
     if num_bits:
       element["bits"] = tf.bitwise.bitwise_and(
           tf.bitwise.right_shift(bits[None], tf.range(num_bits)), 1)
-    return {**element, "index": tf.cast(index, tf.int32),
-            "image": features.append_bit_planes(image, bits, num_bits)}
+    return {**element, "index": tf.cast(index, tf.int32), "image": image, "bit_integer": bits}
 
   ds = tf.data.Dataset.range(padded).filter(lambda p: tf.gather(is_local_row, p % batch_size))
   ds = ds.map(lambda p: {"index": tf.minimum(p, n - 1), "valid": p < n})
@@ -194,8 +307,3 @@ def to_global(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict:
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
-
-
-def global_batches(ds: tf.data.Dataset, mesh: Mesh) -> Iterator[dict]:
-  for local in ds.as_numpy_iterator():
-    yield to_global(local, mesh)

@@ -14,6 +14,7 @@ A new evaluation is one module with `evaluate(context, cfg)` and `FIELDS` (its c
 their checks), entered in `EVALUATORS`.
 """
 import dataclasses
+import time
 from typing import Any, Callable, Mapping, NamedTuple, Optional
 
 import jax
@@ -111,8 +112,10 @@ class Evaluations:
       return
     ctx = context()
     for name in names:
-      cfg = self.config[name]
+      cfg, started = self.config[name], time.time()
       result = EVALUATORS[cfg.type].evaluate(ctx, cfg)
+      logging.info("Evaluator %s (%s) at step %d: %.1f s.", name, cfg.type, step,
+                   time.time() - started)
       writer.write_scalars(step, {f"{name}/{k}": v for k, v in result.items()})
       if name in self.curves:  # a point per step (a resumed or final run may redo the last one)
         self.curves[name] = [p for p in self.curves[name] if p["step"] != step]
