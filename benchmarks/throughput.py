@@ -1,11 +1,15 @@
 """Throughput of the input pipeline and of the jitted train step (compilation excluded).
 
   python benchmarks/throughput.py --config=configs/simclr_randbit.py [--config.x.y=v ...] \
-      [--steps=200] [--profile=15] [--out=results.json]
+      [--steps=200] [--runs=9] [--profile=15] [--out=results.json]
 
-Prints and optionally writes JSON: device, global batch, pipeline batches/s, train steps/s and
-examples/s on one fixed device-resident batch, compile time of the train step, and eval_s: the
-wall time of the final linear evaluation (feature extraction + L-BFGS probes, compiles included).
+Prints and optionally writes JSON: device, global batch; device_views_batches_per_s (the two
+views as the training loop makes them: on the device for in-memory splits, host tf.data + device
+for scenes and streamed splits) and host_pipeline_batches_per_s (tf.data's share alone); train
+steps/s on one fixed device-resident batch and with data (views + step, as the loop runs them);
+with --runs=R, run-steps/s of R runs as one vmapped group (vmapped_run_steps_per_s, and its ratio
+to one run with data); compile time of the train step; and eval_s: the wall time of the final
+linear evaluation (feature extraction + L-BFGS probes, compiles included).
 With --profile=K, also `step_profile`: where the step's time goes — the K XLA operations (fusions,
 matmuls, copies) with the most time per step in a jax.profiler trace of 20 steps, as
 [name, ms per step, calls per step] —, `step_profile_by_kind`: ms per step summed over operations
@@ -32,6 +36,8 @@ from ml_collections import config_flags  # noqa: E402
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/simclr_randbit.py", "Config file.")
 _STEPS = flags.DEFINE_integer("steps", 200, "Timed steps (after warm-up).")
 _OUT = flags.DEFINE_string("out", None, "Optional JSON output path.")
+_RUNS = flags.DEFINE_integer("runs", 1, "Also time this many runs (seeds) as one vmapped "
+                             "group: vmapped_run_steps_per_s.")
 _PROFILE = flags.DEFINE_integer("profile", 0, "Report the K most expensive XLA operations of the "
                                 "train step (0: no profile).")
 
@@ -67,57 +73,92 @@ def op_profile(run_steps, top: int, steps: int = 20) -> dict:
                                    if ms >= 0.01 * total_ms}}
 
 
+def rate(run, steps: int) -> float:
+  """Calls per second of `run(steps)` (which blocks until its work is done), after one warm-up."""
+  run(1)
+  t = time.perf_counter()
+  run(steps)
+  return steps / (time.perf_counter() - t)
+
+
 def main(_):
-  config, steps = _CONFIG.value, _STEPS.value
+  config, steps, num_runs = _CONFIG.value, _STEPS.value, _RUNS.value
   cli.setup(config.train.batch_size)  # as cl_jax.main: on CPU a device per core
   mesh = train.create_mesh()
   validate.check_config(config, mesh.devices.size)
   split = sources.load(config.data, "train")
   batch_size = config.train.batch_size
   per_epoch = pipeline.steps_per_epoch(len(split), batch_size)
+  seeds = [config.seed + r for r in range(num_runs)]
 
-  ds = pipeline.train_dataset(split, config.data, seed=config.seed, batch_size=batch_size,
-                              start_step=0, num_steps=steps + 10)
-  it = ds.as_numpy_iterator()
-  local = [next(it) for _ in range(10)][-1]  # warm-up
-  t = time.perf_counter()
-  for _ in range(steps):
-    next(it)
-  pipeline_rate = steps / (time.perf_counter() - t)
+  def make_batches(run_seeds):
+    return iter(pipeline.TrainBatches(split, config.data, seeds=run_seeds, batch_size=batch_size,
+                                      start_step=0, num_steps=10**9, mesh=mesh))
+
+  # The views alone (device-resident split, or the host's scenes / JPEG crops + device views).
+  views = make_batches(seeds[:1])
+  views_rate = rate(lambda n: jax.block_until_ready([next(views) for _ in range(n)]), steps)
+  # The host's share alone (tf.data: scenes, streamed crops; for an in-memory split without a
+  # scene only a gather, which the resident path does on the device instead).
+  host = pipeline.train_dataset(split, config.data, seed=config.seed, batch_size=batch_size,
+                                start_step=0, num_steps=10**9).as_numpy_iterator()
+  host_rate = rate(lambda n: [next(host) for _ in range(n)], steps)
 
   model = models.create_model(config.model, split.num_classes)
   schedule = optim.learning_rate_schedule(config.optim, batch_size, steps, per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
-  shape = (1, *local["view1"].shape[1:])
+  batches = make_batches(seeds[:1])
+  first = next(batches)
+  shape = (1, *first["view1"].shape[2:])
   objective = objectives.create(config, mesh.devices.size)
-  state = train.create_train_state(model, tx, shape, config.seed, mesh, objective)
-  step_fn = jax.jit(functools.partial(
+  step_fn = jax.jit(jax.vmap(functools.partial(
       train.train_step, model=model, objective=objective, loss_config=config.loss,
-      schedule=schedule),
-      donate_argnums=(0,))
-  hyper = train.traced_hyperparameters(config)
-  batch = pipeline.to_global(local, mesh)
+      schedule=schedule)), donate_argnums=(0,))
+
+  def runs_of(run_seeds):
+    state = train.create_train_state(model, tx, shape, run_seeds, mesh, objective)
+    hyper = jax.tree.map(lambda *x: jax.numpy.stack(x), *[
+        train.traced_hyperparameters(config) for _ in run_seeds])
+    return state, hyper
+
+  state, hyper = runs_of(seeds[:1])
   t = time.perf_counter()
-  compiled = step_fn.lower(state, batch, hyper).compile()
+  compiled = step_fn.lower(state, first, hyper).compile()
   compile_s = time.perf_counter() - t
-  state, metrics = compiled(state, batch, hyper)
-  jax.block_until_ready(metrics)
-  t = time.perf_counter()
-  for _ in range(steps):
-    state, metrics = compiled(state, batch, hyper)
-  jax.block_until_ready(metrics)
-  step_rate = steps / (time.perf_counter() - t)
+
+  def fixed_batch(n):  # the step alone, on one device-resident batch
+    nonlocal state
+    for _ in range(n):
+      state, out = compiled(state, first, hyper)
+    jax.block_until_ready(out)
+
+  def with_data(n):  # the training loop's work: views and step
+    nonlocal state
+    for _ in range(n):
+      state, out = compiled(state, next(batches), hyper)
+    jax.block_until_ready(out)
+
+  step_rate = rate(fixed_batch, steps)
+  data_rate = rate(with_data, steps)
   profile = {}
   if _PROFILE.value:
-    def run_steps(n):
-      nonlocal state
+    profile = op_profile(fixed_batch, _PROFILE.value)
+  group = {}
+  if num_runs > 1:  # a vmapped group of runs (seeds), views included
+    group_state, group_hyper = runs_of(seeds)
+    group_batches = make_batches(seeds)
+
+    def group_steps(n):
+      nonlocal group_state
       for _ in range(n):
-        state, out = compiled(state, batch, hyper)
+        group_state, out = step_fn(group_state, next(group_batches), group_hyper)
       jax.block_until_ready(out)
-    profile = op_profile(run_steps, _PROFILE.value)
+    group_rate = rate(group_steps, max(steps // num_runs, 2)) * num_runs
+    group = {"runs": num_runs, "vmapped_run_steps_per_s": round(group_rate, 2),
+             "vmapped_vs_sequential": round(group_rate / data_rate, 3)}
 
   test_split = sources.load(config.data, "test")
-  variables = {"params": state.params, "batch_stats": state.batch_stats}
+  variables = train.run_slice({"params": state.params, "batch_stats": state.batch_stats}, 0)
   t = time.perf_counter()
   context = evaluators.Context(model, variables, split, test_split, config, mesh,
                                workdir=None, step=steps)
@@ -127,10 +168,14 @@ def main(_):
   result = {"device": str(jax.devices()[0].device_kind), "num_devices": mesh.devices.size,
             "dataset": config.data.dataset, "encoder": config.model.encoder,
             "image_shape": list(shape[1:]), "global_batch": batch_size,
-            "pipeline_batches_per_s": round(pipeline_rate, 2),
+            "views_on_device": pipeline.resident(split, config.data),
+            "device_views_batches_per_s": round(views_rate, 2),
+            "host_pipeline_batches_per_s": round(host_rate, 2),
             "train_steps_per_s": round(step_rate, 2),
+            "train_steps_per_s_with_data": round(data_rate, 2),
+            "with_data_vs_fixed_batch": round(data_rate / step_rate, 3),
             "train_examples_per_s": round(step_rate * batch_size, 1),
-            "compile_s": round(compile_s, 2), "eval_s": round(eval_s, 2), **profile}
+            **group, "compile_s": round(compile_s, 2), "eval_s": round(eval_s, 2), **profile}
   print(json.dumps(result, indent=2))
   if _OUT.value:
     paths.write_json(_OUT.value, result)

@@ -215,9 +215,9 @@ def test_representation_metrics(model, variables, test: Split, config, mesh) -> 
   same seed."""
   num_devices = mesh.devices.size
   batch_size = min(config.eval.batch_size, len(test)) // num_devices * num_devices
-  batch = next(iter(pipeline.TrainBatches(test, config.data, seed=config.seed,
-                                          batch_size=batch_size, start_step=0, num_steps=1,
-                                          mesh=mesh, split_name="test")))
+  batch = jax.tree.map(lambda x: x[0], next(iter(pipeline.TrainBatches(
+      test, config.data, seeds=[config.seed], batch_size=batch_size, start_step=0, num_steps=1,
+      mesh=mesh, split_name="test"))))
 
   @jax.jit
   def metrics(v, x1, x2):

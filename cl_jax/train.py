@@ -52,10 +52,11 @@ def create_mesh(devices=None) -> Mesh:
   return jax.make_mesh((len(devices),), ("data",), axis_types=(AxisType.Auto,), devices=devices)
 
 
-def create_train_state(model, tx, input_shape, seed: int, mesh: Mesh,
+def create_train_state(model, tx, input_shape, seed, mesh: Mesh,
                        objective: Optional[objectives.Objective] = None) -> TrainState:
   """Initialise parameters, BatchNorm statistics, optimizer state and the objective's state
-  (none without an objective), replicated on `mesh`."""
+  (none without an objective), replicated on `mesh`. `seed`: an int, or a list of seeds — then
+  one state per seed, stacked on a leading run axis (a vmapped group)."""
   def init(key):  # the seed's key is an argument: one compiled program serves every seed
     init_key, objective_key = jax.random.split(key)
     variables = model.init(init_key, jnp.zeros(input_shape), train=False)
@@ -64,8 +65,42 @@ def create_train_state(model, tx, input_shape, seed: int, mesh: Mesh,
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              batch_stats=variables["batch_stats"], tx=tx,
                              objective_state=objective_state)
-  return jax.jit(init, out_shardings=NamedSharding(mesh, PartitionSpec()))(
-      jax.random.PRNGKey(seed))
+  replicated = NamedSharding(mesh, PartitionSpec())
+  if isinstance(seed, int):
+    return jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(seed))
+  keys = jnp.stack([jax.random.PRNGKey(s) for s in seed])
+  return jax.jit(jax.vmap(init), out_shardings=replicated)(keys)
+
+
+def run_slice(tree, run: int):
+  """Run `run`'s part of a tree stacked on a leading run axis."""
+  return jax.tree.map(lambda x: x[run], tree)
+
+
+@jax.jit
+def split_runs(tree) -> list:
+  """A tree stacked on a leading run axis → the list of each run's tree."""
+  return [run_slice(tree, run) for run in range(jax.tree.leaves(tree)[0].shape[0])]
+
+
+def stack_runs(trees: list, mesh: Mesh):
+  """Trees of single runs → one tree stacked on a leading run axis, replicated on `mesh`."""
+  return jax.jit(lambda *t: jax.tree.map(lambda *x: jnp.stack(x), *t),
+                 out_shardings=NamedSharding(mesh, PartitionSpec()))(*trees)
+
+
+# The config fields in which the runs of one vmapped group may differ: the train step takes them
+# as traced arguments (`traced_hyperparameters`); everything else is compiled into the program.
+TRACED_FIELDS = ("seed", "loss.temperature")
+
+
+def group_key(config: ml_collections.ConfigDict) -> str:
+  """Runs whose configs have the same key can train as one vmapped group (`train_and_evaluate_runs`):
+  their configs differ at most in TRACED_FIELDS and in what is evaluated (`eval.`, `evals.`:
+  each run has its own evaluators)."""
+  flat = flax.traverse_util.flatten_dict(json.loads(config.to_json()), sep=".")
+  return json.dumps({k: v for k, v in flat.items() if k not in TRACED_FIELDS
+                     and not k.startswith(("eval.", "evals."))}, sort_keys=True)
 
 
 def traced_hyperparameters(config: ml_collections.ConfigDict) -> dict:
@@ -139,17 +174,21 @@ def all_finite(tree) -> jax.Array:
                               if jnp.issubdtype(x.dtype, jnp.floating)]))
 
 
-def raise_if_nonfinite(finite, step: int, manager: ocp.CheckpointManager):
-  """Stop at the first step whose loss or gradient was not finite, naming the kept checkpoint."""
-  if bool(finite):
+def raise_if_nonfinite(finite, step: int, managers: list):
+  """Stop at the first step whose loss or gradient was not finite in any run of the group
+  (`finite`: [runs] booleans), naming the runs and their kept checkpoints."""
+  finite = np.asarray(finite).reshape(-1)
+  if finite.all():
     return
-  latest = manager.latest_step()
-  kept = (f"The last good checkpoint, step {latest} in {manager.directory}, is kept; rerunning "
-          "resumes from it (and would diverge again with the same settings)." if latest else
-          "No checkpoint had been written yet.")
+  kept = []
+  for run in np.flatnonzero(~finite):
+    latest = managers[run].latest_step()
+    kept.append(f"The last good checkpoint, step {latest} in {managers[run].directory}, is kept; "
+                "rerunning resumes from it (and would diverge again with the same settings)."
+                if latest else f"{managers[run].directory} holds no checkpoint yet.")
   raise NonFiniteError(
       f"Training stopped: the loss or its gradient became non-finite (NaN or inf) at step "
-      f"{step}, and nothing from that step on was saved. {kept} Try a lower "
+      f"{step}, and nothing from that step on was saved. {' '.join(kept)} Try a lower "
       "optim.learning_rate, a warm-up (optim.warmup_epochs) or a higher loss.temperature.")
 
 
@@ -175,16 +214,46 @@ def checkpoint_manager(workdir, config: ml_collections.ConfigDict) -> ocp.Checkp
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None) -> dict:
   """Train per `config`, checkpointing into `workdir` (a local path or a bucket URI; resuming from
   the latest checkpoint), run the evaluators of `config.evals` when due, and write and return
-  their results (workdir/eval.json).
+  their results (workdir/eval.json). One run: `train_and_evaluate_runs` with a group of one.
 
   Raises `spec.ConfigError` / `sources.DataError` before compiling for bad input,
   `hosts.Preempted` after saving on SIGTERM, `NonFiniteError` when the loss diverges.
   """
+  return train_and_evaluate_runs([config], [workdir], devices)[0]
+
+
+def check_group(configs: list):
+  """Refuse a group whose configs differ in more than TRACED_FIELDS (one program trains it)."""
+  keys = [group_key(c) for c in configs]
+  if len(set(keys)) > 1:
+    first, other = (flax.traverse_util.flatten_dict(json.loads(c.to_json()), sep=".")
+                    for c in (configs[0], configs[keys.index(next(k for k in keys
+                                                                  if k != keys[0]))]))
+    fields = sorted(k for k in set(first) | set(other)
+                    if first.get(k) != other.get(k) and k not in TRACED_FIELDS
+                    and not k.startswith(("eval.", "evals.")))
+    raise validate.ConfigError(
+        f"Runs trained as one vmapped group may differ only in {', '.join(TRACED_FIELDS)}; "
+        f"these differ too: {', '.join(fields)}. Train them in separate groups "
+        "(the sweep groups its runs this way).")
+
+
+def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list[dict]:
+  """Train a group of runs whose configs differ only in TRACED_FIELDS (seeds, temperatures) as
+  ONE vmapped program: state, batches and hyperparameters carry a leading run axis, and every
+  step advances every run. Each run keeps its own workdir, checkpoints (the same as a run of its
+  own: a group may be resumed run by run and vice versa), TensorBoard events, evaluators and
+  eval.json; evaluation runs run after run. Returns each run's results.
+  """
   # ---- Checks, data and step counts (before anything compiles).
   mesh = create_mesh(devices)
-  validate.check_config(config, mesh.devices.size, jax.process_count())
-  workdir = paths.workdir_path(workdir)
-  validate.check_workdir(workdir)
+  check_group(configs)
+  for config in configs:
+    validate.check_config(config, mesh.devices.size, jax.process_count())
+  workdirs = [paths.workdir_path(w) for w in workdirs]
+  for workdir in workdirs:
+    validate.check_workdir(workdir)
+  config = configs[0]  # what the group shares
   train_split = sources.load(config.data, "train")
   test_split = sources.load(config.data, "test")
   label_classes = pipeline.label_classes(train_split, config.data)
@@ -193,57 +262,67 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
   per_epoch = pipeline.steps_per_epoch(len(train_split), batch_size)
   num_steps = config.train.num_steps if config.train.num_steps > 0 else (
       config.train.num_epochs * per_epoch)
-  manager = checkpoint_manager(workdir, config)
+  managers = [checkpoint_manager(w, c) for w, c in zip(workdirs, configs)]
+  start_step = common_start_step(managers)
 
-  # ---- Input pipeline, model, objective, optimizer, state (restored from a checkpoint).
-  start_step = manager.latest_step() or 0
-  batches = pipeline.TrainBatches(train_split, config.data, seed=config.seed,
-                                  batch_size=batch_size, start_step=start_step,
-                                  num_steps=num_steps, mesh=mesh)
+  # ---- Input pipeline, model, objective, optimizer, state (restored from checkpoints).
+  seeds = [c.seed for c in configs]
+  batches = pipeline.TrainBatches(train_split, config.data, seeds=seeds, batch_size=batch_size,
+                                  start_step=start_step, num_steps=num_steps, mesh=mesh)
   model = models.create_model(config.model, label_classes)
   objective = objectives.create(config, mesh.devices.size)
   schedule = optim.learning_rate_schedule(config.optim, batch_size, num_steps, per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
-  input_shape = (1, *batches.image_shape)
-  state = create_train_state(model, tx, input_shape, config.seed, mesh, objective)
+  state = create_train_state(model, tx, (1, *batches.image_shape), seeds, mesh, objective)
   if start_step:
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    state = manager.restore(start_step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))["state"]
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, run_slice(state, 0))
+    state = stack_runs([manager.restore(start_step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))["state"] for manager in managers], mesh)
     logging.info("Resumed from checkpoint at step %d.", start_step)
 
   # ---- Jitted step, writers, progress, evaluators.
-  step_fn = jax.jit(functools.partial(train_step, model=model, objective=objective,
-                                      loss_config=config.loss, schedule=schedule),
+  step_fn = jax.jit(jax.vmap(functools.partial(train_step, model=model, objective=objective,
+                                               loss_config=config.loss, schedule=schedule)),
                     donate_argnums=(0,))
-  hyper = traced_hyperparameters(config)
-  metrics_fn = jax.jit(functools.partial(batch_metrics, model=model))
-  writer = metric_writers.create_default_writer(os.fspath(workdir),
-                                                just_logging=jax.process_index() > 0)
+  hyper = jax.tree.map(lambda *x: jnp.stack(x), *map(traced_hyperparameters, configs))
+  # Run by run: XLA:CPU hung on a vmapped SVD (the effective rank) of 3 runs on 2 devices.
+  metrics_fn = jax.jit(lambda state, batch, run: batch_metrics(
+      run_slice(state, run), run_slice(batch, run), model=model))
+  writers = [metric_writers.create_default_writer(os.fspath(w),
+                                                  just_logging=jax.process_index() > 0)
+             for w in workdirs]
   if start_step == 0:
-    writer.write_hparams(flax.traverse_util.flatten_dict(config.to_dict(), sep="."))
-  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
+    for writer, c in zip(writers, configs):
+      writer.write_hparams(flax.traverse_util.flatten_dict(c.to_dict(), sep="."))
+  progress = periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writers[0],
                                              every_steps=config.train.log_every_steps)
-  evaluations = evaluators.Evaluations(config.evals, workdir, start_step)
+  evaluations = [evaluators.Evaluations(c.evals, w, start_step)
+                 for c, w in zip(configs, workdirs)]
 
-  def context(step, state):
-    return lambda: evaluators.Context(
-        model=model, variables={"params": state.params, "batch_stats": state.batch_stats},
-        train_split=train_split, test_split=test_split, config=config, mesh=mesh,
-        workdir=workdir, step=step)
+  def evaluate(step, state, last):
+    for run, (c, w) in enumerate(zip(configs, workdirs)):
+      context = lambda run=run, c=c, w=w: evaluators.Context(
+          model=model, variables=run_slice({"params": state.params,
+                                            "batch_stats": state.batch_stats}, run),
+          train_split=train_split, test_split=test_split, config=c, mesh=mesh, workdir=w,
+          step=step)
+      evaluations[run].run(step, last, context, writers[run])
 
   def save(step, state, finite):
-    """Checkpoint `state` after step `step` — only if that step and the state are finite."""
-    raise_if_nonfinite(bool(finite) and bool(all_finite(state)), step, manager)
-    manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state),
-        config=ocp.args.JsonSave(json.loads(config.to_json()))))
+    """Checkpoint every run after step `step` — only if that step and the state are finite."""
+    raise_if_nonfinite(np.asarray(finite) & bool(all_finite(state)), step, managers)
+    runs = split_runs(state)  # one program slices every run
+    for run, (manager, c) in enumerate(zip(managers, configs)):
+      manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(runs[run]),
+          config=ocp.args.JsonSave(json.loads(c.to_json()))))
 
   # ---- Train. Each step's finiteness is checked one step late (dispatch stays asynchronous) and
   # before every save; on SIGTERM every process saves the current step and stops; an exception
   # still lets in-flight checkpoints finish.
-  logging.info("Training %d steps (%d per epoch) of global batch %d on %d device(s).",
-               num_steps, per_epoch, batch_size, mesh.devices.size)
+  logging.info("Training %d steps (%d per epoch) of global batch %d on %d device(s)%s.",
+               num_steps, per_epoch, batch_size, mesh.devices.size,
+               f", {len(configs)} runs as one vmapped program" if len(configs) > 1 else "")
   pending, t_last, s_last, previous_finite = [], time.time(), start_step, None
   try:
     with hosts.PreemptionWatch() as preemption:
@@ -251,37 +330,60 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir, devices=None)
         state, metrics = step_fn(state, batch, hyper)
         finite = metrics.pop("finite")
         if previous_finite is not None:
-          raise_if_nonfinite(previous_finite, step - 1, manager)
+          raise_if_nonfinite(previous_finite, step - 1, managers)
         previous_finite = finite
         pending.append(metrics)
         progress(step)
         if step % config.train.log_every_steps == 0 or step == num_steps:
-          summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)]))
+          summary = {k: np.mean([m[k] for m in jax.device_get(pending)], axis=0)
                      for k in pending[0]}
-          summary.update({k: float(v) for k, v in metrics_fn(state, batch).items()})
+          per_run = jax.device_get([metrics_fn(state, batch, run) for run in range(len(configs))])
+          summary.update({k: np.array([m[k] for m in per_run]) for k in per_run[0]})
           pending = []
-          writer.write_scalars(step, summary)
           rate = (step - s_last) / (time.time() - t_last)
           t_last, s_last = time.time(), step
           eta = time.strftime("%H:%M:%S", time.gmtime((num_steps - step) / max(rate, 1e-9)))
-          logging.info("step %d/%d | %s | %.1f steps/s | ETA %s", step, num_steps,
-                       " | ".join(f"{k} {v:.4g}" for k, v in summary.items()), rate, eta)
-        evaluations.run(step, False, context(step, state), writer)
-        preempted = preemption.reached(step, manager)
+          for run, (writer, w) in enumerate(zip(writers, workdirs)):
+            scalars = {k: float(v[run]) for k, v in summary.items()}
+            writer.write_scalars(step, scalars)
+            logging.info("%sstep %d/%d | %s | %.1f steps/s | ETA %s",
+                         f"{w.name}: " if len(configs) > 1 else "", step, num_steps,
+                         " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()), rate, eta)
+        evaluate(step, state, False)
+        preempted = preemption.reached(step, managers[0])
         if preempted or step % config.train.checkpoint_every_steps == 0 or step == num_steps:
           save(step, state, finite)
         if preempted:
-          raise hosts.Preempted(step, manager.directory)
+          raise hosts.Preempted(step, ", ".join(str(m.directory) for m in managers))
   finally:
     batches.close()
-    manager.wait_until_finished()
-    manager.close()
-    writer.flush()
+    for manager in managers:
+      manager.wait_until_finished()
+      manager.close()
+    for writer in writers:
+      writer.flush()
 
   # ---- Evaluate (every process computes; process 0 writes).
-  evaluations.run(num_steps, True, context(num_steps, state), writer)
-  result = {"step": num_steps, **evaluations.results()}
-  if jax.process_index() == 0:
-    paths.write_json(workdir / "eval.json", result)
-  evaluations.log_summary(num_steps)
-  return result
+  evaluate(num_steps, state, True)
+  results = []
+  for evaluation, w in zip(evaluations, workdirs):
+    result = {"step": num_steps, **evaluation.results()}
+    if jax.process_index() == 0:
+      paths.write_json(w / "eval.json", result)
+    evaluation.log_summary(num_steps)
+    results.append(result)
+  return results
+
+
+def common_start_step(managers: list) -> int:
+  """The step a group resumes from: the latest step every run has a checkpoint of (a group
+  stopped while saving may have one run a save ahead; each run keeps its last two)."""
+  latest = [m.latest_step() or 0 for m in managers]
+  start = min(latest)
+  for manager, step in zip(managers, latest):
+    if start and start != step and start not in manager.all_steps():
+      raise validate.ConfigError(
+          f"The runs of this group were saved at different steps ({', '.join(map(str, latest))}) "
+          f"and {manager.directory} no longer holds step {start}; resume its runs one by one "
+          "(cl_jax.main, or the sweep with --parallel_runs=1).")
+  return start

@@ -12,14 +12,15 @@ def test_throughput_benchmark_writes_its_json(tmp_path):
       [sys.executable, "benchmarks/throughput.py", "--config=configs/simclr_randbit.py",
        "--steps=3", f"--out={out}", "--config.model.head_hidden_dim=16",
        "--config.model.embed_dim=8", "--config.train.batch_size=64",
-       "--config.evals.linear_eval.probe_steps=5", "--profile=4"],
+       "--config.evals.linear_eval.probe_steps=5", "--profile=4", "--runs=2"],
       cwd=REPO, capture_output=True, text=True, timeout=300,
       env=subprocess_env())
   assert done.returncode == 0, done.stderr[-3000:]
   result = json.loads(out.read_text())
-  for key in ("train_steps_per_s", "pipeline_batches_per_s", "eval_s", "compile_s"):
+  for key in ("train_steps_per_s", "train_steps_per_s_with_data", "device_views_batches_per_s",
+              "host_pipeline_batches_per_s", "vmapped_run_steps_per_s", "eval_s", "compile_s"):
     assert result[key] > 0, key
-  assert result["global_batch"] == 64
+  assert result["global_batch"] == 64 and result["runs"] == 2 and result["views_on_device"]
   # the profile: the step's 4 most expensive XLA operations, sorted, within the total
   ops = result["step_profile"]
   assert len(ops) == 4 and all(ms > 0 and calls > 0 for _, ms, calls in ops), ops

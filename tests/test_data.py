@@ -11,10 +11,10 @@ from cl_jax.data import features, pipeline, sources
 def device_batches(split, data_config, *, seed=0, batch_size=64, start_step=0, num_steps=1,
                    devices=None, split_name="train") -> list:
   """The global training batches of steps [start_step, num_steps), as host numpy arrays."""
-  batches = pipeline.TrainBatches(split, data_config, seed=seed, batch_size=batch_size,
+  batches = pipeline.TrainBatches(split, data_config, seeds=[seed], batch_size=batch_size,
                                   start_step=start_step, num_steps=num_steps,
                                   mesh=train.create_mesh(devices), split_name=split_name)
-  return [jax.device_get(b) for b in batches]
+  return [jax.device_get(jax.tree.map(lambda x: x[0], b)) for b in batches]
 
 
 def decode_bits(images: np.ndarray, num_channels: int, num_bits: int) -> np.ndarray:

@@ -46,14 +46,14 @@ def test_moco_step_moves_key_encoder_and_fills_queue(tmp_path, small):
   before = jax.device_get(state)
   np.testing.assert_allclose(jnp.linalg.norm(before.objective_state["queue"], axis=1), 1.0,
                              rtol=1e-5)
-  batches = pipeline.TrainBatches(split, config.data, seed=0, batch_size=64, start_step=0,
+  batches = pipeline.TrainBatches(split, config.data, seeds=[0], batch_size=64, start_step=0,
                                   num_steps=2, mesh=mesh)
   step = jax.jit(lambda s, b: train.train_step(s, b, train.traced_hyperparameters(config),
                                                model=model, objective=objective,
                                                loss_config=config.loss, schedule=lambda _: 1e-2))
   query_params = [before.params]
   for batch in batches:
-    state, _ = step(state, batch)
+    state, _ = step(state, jax.tree.map(lambda x: x[0], batch))
     query_params.append(jax.device_get(state.params))
   after = jax.device_get(state)
   assert int(after.objective_state["queue_ptr"]) == 0  # 2 batches of 64 filled K = 128

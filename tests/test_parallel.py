@@ -18,8 +18,9 @@ def test_eight_devices_equal_one_device(digits_config):
   config = digits_config
   split = sources.load(config.data, "train")
   local = jax.device_get(next(iter(pipeline.TrainBatches(
-      split, config.data, seed=0, batch_size=32, start_step=0, num_steps=1,
+      split, config.data, seeds=[0], batch_size=32, start_step=0, num_steps=1,
       mesh=train.create_mesh(jax.devices()[:1])))))
+  local = jax.tree.map(lambda x: x[0], local)
   model = models.create_model(config.model, split.num_classes)
   tx = optim.create_optimizer(config.optim, lambda _: 1e-3)
   input_shape = (1, 16, 16, 1 + config.data.random_bits)

@@ -59,8 +59,9 @@ def test_report_rows_are_mean_and_std_over_seeds(tmp_path):
 
 def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypatch):
   """The sweep command end to end, with training replaced by a fake that records its calls:
-  seeds 0..S−1 per point, finished seeds skipped on rerun, --seeds extends a sweep."""
-  trained = []
+  seeds 0..S−1 per point, finished seeds skipped on rerun, --seeds extends a sweep; runs that
+  differ only in seed and temperature grouped, --parallel_runs at a time (default 1 on CPU)."""
+  trained, groups = [], []
 
   def fake_train(config, run_dir):
     trained.append((run_dir.parent.name, config.seed))
@@ -75,7 +76,12 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
                                {"label": np.arange(40) % 3}, run_dir / "embeddings.png")
     return result
 
-  monkeypatch.setattr(train, "train_and_evaluate", fake_train)
+  def fake_train_runs(configs, run_dirs):
+    train.check_group(configs)
+    groups.append([(d.parent.name, c.seed) for c, d in zip(configs, run_dirs)])
+    return [fake_train(c, d) for c, d in zip(configs, run_dirs)]
+
+  monkeypatch.setattr(train, "train_and_evaluate_runs", fake_train_runs)
   spec_path = tmp_path / "spec.json"
   spec_path.write_text(json.dumps({**SPEC, "seeds": 2}))
   argv = ["sweep", "--config=configs/simclr_randbit.py", f"--sweep={spec_path}",
@@ -85,8 +91,10 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
     flags.FLAGS.unparse_flags()
     sweep.main(flags.FLAGS([*argv, *extra]))
 
-  run()
+  run("--parallel_runs=4")
   assert sorted(trained) == sorted((p, s) for p in ("a_0", "a_5", "b_0", "b_5") for s in (0, 1))
+  assert groups == [[("a_0", 0), ("a_0", 1), ("b_0", 0), ("b_0", 1)],   # τ and seeds vary
+                    [("a_5", 0), ("a_5", 1), ("b_5", 0), ("b_5", 1)]]
   rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
   assert [r["name"] for r in rows] == ["a_0", "a_5", "b_0", "b_5"]
   assert [run["seed"] for run in rows[1]["runs"]] == [0, 1]
@@ -108,8 +116,10 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
   trained.clear()
   run()  # nothing left to train
   assert not trained
+  groups.clear()
   run("--seeds=3")  # a third seed per point, the first two read back
   assert sorted(trained) == [(p, 2) for p in ("a_0", "a_5", "b_0", "b_5")]
+  assert all(len(g) == 1 for g in groups) and len(groups) == 4  # CPU: one run at a time
   rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
   assert rows[0]["n"] == 3 and [run["seed"] for run in rows[0]["runs"]] == [0, 1, 2]
   flags.FLAGS.unparse_flags()

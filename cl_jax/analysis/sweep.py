@@ -12,7 +12,10 @@ The sweep file holds named axes; every axis value is a set of config overrides:
 
 Every grid point trains with seeds 0..S−1 (`"seeds"`, or --seeds) in
 <workdir>/<axis values joined by '_'>/seed<s> with the ordinary training loop; a rerun skips
-finished seeds and resumes unfinished ones. Reports, in <workdir>, from what the evaluators put in
+finished seeds and resumes unfinished ones. Runs that differ only in seed and loss.temperature
+train together as one vmapped program (`train.train_and_evaluate_runs`), up to --parallel_runs
+at a time (default: 1 on CPU, where it does not pay; up to 16 on accelerators); each keeps its own
+run directory, checkpoints and eval.json, equal to its sequential run's up to float order. Reports, in <workdir>, from what the evaluators put in
 eval.json:
   results.json  one row per point: `runs` (each seed's eval.json), and for every evaluator's
                 entry (`linear_eval`, `online_probe`, `knn`, `metrics`, ...) the mean over seeds
@@ -55,6 +58,11 @@ _METRIC = flags.DEFINE_string("metric", "label", "What results.png shows: a line
                               "('label') or 'online_probe/<label>'.")
 _SEEDS = flags.DEFINE_integer("seeds", None, "Seeds per grid point (default: the sweep file's "
                               "\"seeds\", else 1).")
+_PARALLEL_RUNS = flags.DEFINE_integer(
+    "parallel_runs", None, "Runs trained together as one vmapped program, at most (runs that "
+    "differ only in seed and loss.temperature). Default: 1 on CPU, where vmapped runs are slower "
+    "than sequential ones; on accelerators up to 16, fewer for large batches of large images "
+    "(default_parallel_runs).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process job (as cl_jax.main "
                                  "--distributed): every process trains every run.")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
@@ -73,21 +81,46 @@ def grid(spec: dict):
   return points
 
 
-def run_point(base_config, overrides: dict, seeds: int, point_dir) -> list[dict]:
-  """Train (or read back) seeds 0..seeds−1 of one grid point → their eval.json dicts."""
+def run_configs(base_config, overrides: dict, seeds: int, point_dir) -> list:
+  """[(config, run_dir)] of one grid point's seeds 0..seeds−1. Only seed 0 draws the embedding
+  maps (the sweep shows seed 0's; their t-SNE is ~3 s of a ~20 s embedded-default run)."""
   runs = []
   for seed in range(seeds):
-    run_dir = point_dir / f"seed{seed}"
-    result_path = run_dir / "eval.json"
-    if result_path.exists():
-      result = paths.read_json(result_path)
-    else:
-      config = base_config.copy_and_resolve_references()
-      apply_overrides(config, {**overrides, "seed": seed})
-      logging.info("Sweep point %s, seed %d: %s", point_dir.name, seed, overrides)
-      result = train.train_and_evaluate(config, run_dir)
-    runs.append({"seed": seed, **result})
+    config = base_config.copy_and_resolve_references()
+    apply_overrides(config, {**overrides, "seed": seed})
+    if seed > 0 and "embeddings" in config.evals:
+      with config.unlocked():
+        del config.evals["embeddings"]
+    runs.append((config, point_dir / f"seed{seed}"))
   return runs
+
+
+def default_parallel_runs(config) -> int:
+  """How many runs of one shape train as one vmapped program by default: 1 on CPU (there a
+  vmapped group of 3 or 9 embedded-default runs takes 1.3–1.45× longer per run-step than
+  sequential runs: benchmarks/README.md); on accelerators up to 16, fewer when
+  runs × batch × pixels would exceed 2^24 (e.g. 1 for ResNet-50 at 224 px, B = 256)."""
+  if jax.default_backend() == "cpu":
+    return 1
+  pixels = config.train.batch_size * config.data.image_size**2
+  return int(max(1, min(16, 2**24 // pixels)))
+
+
+def train_pending(runs: list, parallel_runs) -> None:
+  """Train the runs without an eval.json: those that differ only in seed and temperature
+  (`train.group_key`) in vmapped groups of at most `parallel_runs` (None: the default), in the
+  order given; unfinished runs resume from their checkpoints."""
+  groups = {}
+  for config, run_dir in runs:
+    if not (run_dir / "eval.json").exists():
+      groups.setdefault(train.group_key(config), []).append((config, run_dir))
+  for group in groups.values():
+    size = parallel_runs or default_parallel_runs(group[0][0])
+    for first in range(0, len(group), size):
+      chunk = group[first:first + size]
+      logging.info("Sweep: training %s", ", ".join(f"{d.parent.name}/{d.name}" for _, d in chunk))
+      train.train_and_evaluate_runs([c for c, _ in chunk], [d for _, d in chunk])
+    jax.clear_caches()  # the persistent cache keeps the compiled programs
 
 
 def main(argv):
@@ -103,11 +136,13 @@ def main(argv):
   jax.config.update("jax_compilation_cache_dir", str(workdir / ".jax_cache"))
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   started = time.time()
-  rows = []
-  for name, labels, overrides in points:
-    runs = run_point(base, overrides, seeds, workdir / name)
-    rows.append(aggregate(name, labels, overrides, runs))
-    jax.clear_caches()  # the persistent cache keeps the compiled programs
+  point_runs = [run_configs(base, overrides, seeds, workdir / name)
+                for name, _, overrides in points]
+  train_pending([run for runs in point_runs for run in runs], _PARALLEL_RUNS.value)
+  rows = [aggregate(name, labels, overrides,
+                    [{"seed": config.seed, **paths.read_json(run_dir / "eval.json")}
+                     for config, run_dir in runs])
+          for (name, labels, overrides), runs in zip(points, point_runs)]
   sections = accuracy_sections(base)
   table = markdown_table(rows, spec["axes"], table_metrics(rows, sections), sections)
   if len(spec["axes"]) == 2:

@@ -170,49 +170,63 @@ def replicate(array: np.ndarray, mesh: Mesh) -> jax.Array:
                                       lambda index: array[index])
 
 
+def run_batch_sharding(mesh: Mesh) -> NamedSharding:
+  """[runs, B, ...] arrays: every run's batch sharded over "data" like a single run's."""
+  return NamedSharding(mesh, PartitionSpec(None, "data"))
+
+
 class TrainBatches:
-  """Global training batches {view1, view2, index, <label>...} (sharded on the mesh's `data` axis)
-  for the global steps [start_step, num_steps), made on the device (docs/design.md "Data flow").
+  """Global training batches {view1, view2, index, <label>...} of a group of runs that differ only
+  in their seed, stacked on a leading run axis ([R, B, ...], each run's batch sharded over the
+  mesh's `data` axis), for the global steps [start_step, num_steps), made on the device
+  (docs/design.md "Data flow").
 
   Resident (`resident`): the split lives on every device; a jitted function gathers the step's
-  examples (positions (step mod steps_per_epoch)·B … +B of `epoch_order`) and makes the two views
-  (`views.two_views`). Otherwise tf.data (`train_dataset`) composes the scenes / decodes the
-  streamed crops on the host, and the same jitted `views.two_views` augments them on the device.
-  The views' keys come from (seed, global position), so both ways give batches that are a
-  function of (seed, step) only. `image_shape`: [H, W, C + random_bits] of one view."""
+  examples (positions (step mod steps_per_epoch)·B … +B of the run's `epoch_order`) and makes the
+  two views (`views.two_views`). Otherwise tf.data (`train_dataset`, one per run) composes the
+  scenes / decodes the streamed crops on the host, and the same jitted `views.two_views` augments
+  them on the device. The views' keys come from (seed, global position), so both ways give
+  batches that are a function of (seed, step) only. `image_shape`: [H, W, C + random_bits] of one
+  view."""
 
-  def __init__(self, split, data_config, *, seed: int, batch_size: int, start_step: int,
+  def __init__(self, split, data_config, *, seeds, batch_size: int, start_step: int,
                num_steps: int, mesh: Mesh, split_name: str = "train"):
-    self.split, self.config, self.seed, self.mesh = split, data_config, seed, mesh
+    self.split, self.config, self.seeds, self.mesh = split, data_config, list(seeds), mesh
     self.batch_size, self.start_step, self.num_steps = batch_size, start_step, num_steps
     self.per_epoch = steps_per_epoch(len(split), batch_size)
-    bit_ints = features.random_bit_integers(len(split), data_config.random_bits, seed, split_name)
-    out = batch_sharding(mesh)
+    bits = np.stack([features.random_bit_integers(len(split), data_config.random_bits, seed,
+                                                  split_name) for seed in self.seeds])
+    self._keys = jnp.stack([views.view_key(seed) for seed in self.seeds])
+    out = run_batch_sharding(mesh)
     self._host = None
     if resident(split, data_config):
-      self._data = {k: replicate(v, mesh) for k, v in
-                    {"images": split.images, "bit_integer": bit_ints, **split.labels}.items()}
+      self._shared = {k: replicate(v, mesh) for k, v in {"images": split.images,
+                                                          **split.labels}.items()}
+      self._bits = replicate(bits, mesh)
       self._orders = {}
-      self._make = jax.jit(functools.partial(resident_batch, batch_size=batch_size,
-                                             per_epoch=self.per_epoch, data_config=data_config),
-                           out_shardings=out)
+      make = functools.partial(resident_batch, batch_size=batch_size, per_epoch=self.per_epoch,
+                               data_config=data_config)
+      self._make = jax.jit(jax.vmap(make, in_axes=(None, 0, 0, None, 0)), out_shardings=out)
       size = data_config.image_size
       self.image_shape = (size, size, split.images.shape[-1] + data_config.random_bits)
     else:
-      self._host = train_dataset(split, data_config, seed=seed, batch_size=batch_size,
-                                 start_step=start_step, num_steps=num_steps,
-                                 rows=local_rows(mesh, batch_size), split_name=split_name)
-      self.image_shape = (*self._host.element_spec["image1"].shape[1:-1],
-                          self._host.element_spec["image1"].shape[-1] + data_config.random_bits)
-      self._make = jax.jit(functools.partial(
-          finish_host_batch, data_config=data_config,
-          cropped=cropped_at_decode(split, data_config)), out_shardings=out)
-    self._key = views.view_key(seed)
+      self._host = [train_dataset(split, data_config, seed=seed, batch_size=batch_size,
+                                  start_step=start_step, num_steps=num_steps,
+                                  rows=local_rows(mesh, batch_size), split_name=split_name)
+                    for seed in self.seeds]
+      spec = self._host[0].element_spec["image1"].shape
+      self.image_shape = (*spec[1:-1], spec[-1] + data_config.random_bits)
+      finish = jax.vmap(functools.partial(finish_host_batch, data_config=data_config,
+                                          cropped=cropped_at_decode(split, data_config)),
+                        in_axes=(0, None, 0))
+      self._make = jax.jit(lambda batches, step, keys: finish(
+          jax.tree.map(lambda *x: jnp.stack(x), *batches), step, keys), out_shardings=out)
 
   def _order(self, epoch: int) -> jax.Array:
-    if epoch not in self._orders:
-      self._orders = {epoch: replicate(epoch_order(self.seed, epoch, len(self.split),
-                                                   self.batch_size), self.mesh)}
+    if epoch not in self._orders:  # [R, steps_per_epoch · B]; only the current epoch is kept
+      self._orders = {epoch: replicate(np.stack([
+          epoch_order(seed, epoch, len(self.split), self.batch_size) for seed in self.seeds]),
+          self.mesh)}
     return self._orders[epoch]
 
   def __iter__(self):
@@ -221,12 +235,13 @@ class TrainBatches:
 
   def _resident_batches(self):
     for step in range(self.start_step, self.num_steps):
-      yield self._make(self._data, self._order(step // self.per_epoch), step, self._key)
+      yield self._make(self._shared, self._bits, self._order(step // self.per_epoch), step,
+                       self._keys)
 
   def _host_batches(self):
-    for step, local in zip(range(self.start_step, self.num_steps),
-                           self._host.as_numpy_iterator()):
-      yield self._make(to_global(local, self.mesh), step, self._key)
+    for step, *local in zip(range(self.start_step, self.num_steps),
+                            *(ds.as_numpy_iterator() for ds in self._host)):
+      yield self._make([to_global(run, self.mesh) for run in local], step, self._keys)
 
   def close(self):
     """Stop tf.data's threads now (left to the garbage collector, they held up the next run of a
@@ -235,15 +250,15 @@ class TrainBatches:
       self._batches.close()
 
 
-def resident_batch(data, order, step, key, *, batch_size: int, per_epoch: int, data_config):
-  """The global batch of `step` from the device-resident split `data` {images uint8, bit_integer,
-  labels}: the examples at positions (step mod per_epoch)·B … +B of the epoch's `order`, their
-  two views and labels."""
+def resident_batch(data, bit_integers, order, step, key, *, batch_size: int, per_epoch: int,
+                   data_config):
+  """The global batch of `step` of one run from the device-resident split `data` {images uint8,
+  labels} and the run's `bit_integers` [N]: the examples at positions (step mod per_epoch)·B … +B
+  of the epoch's `order`, their two views and labels."""
   index = jax.lax.dynamic_slice_in_dim(order, (step % per_epoch) * batch_size, batch_size)
   images = data["images"][index].astype(jnp.float32) / 255.0
-  view1, view2 = views.two_views(key, step, images, images, data["bit_integer"][index],
-                                 data_config)
-  labels = {k: v[index] for k, v in data.items() if k not in ("images", "bit_integer")}
+  view1, view2 = views.two_views(key, step, images, images, bit_integers[index], data_config)
+  labels = {k: v[index] for k, v in data.items() if k != "images"}
   return {"view1": view1, "view2": view2, "index": index, **labels}
 
 
