@@ -191,7 +191,7 @@ class TrainBatches:
 
   def __init__(self, split, data_config, *, seeds, batch_size: int, start_step: int,
                num_steps: int, mesh: Mesh, split_name: str = "train"):
-    self.split, self.config, self.seeds, self.mesh = split, data_config, list(seeds), mesh
+    self.split, self.seeds, self.mesh = split, list(seeds), mesh
     self.batch_size, self.start_step, self.num_steps = batch_size, start_step, num_steps
     self.per_epoch = steps_per_epoch(len(split), batch_size)
     bits = np.stack([features.random_bit_integers(len(split), data_config.random_bits, seed,
