@@ -66,24 +66,36 @@ TWO_VIEW_LOSSES = {
 }
 
 
+def interleave(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Rows a_0, b_0, a_1, b_1, …: both views of a batch in one array whose rows stay on the devices
+  that hold them (the concatenation [a; b] of batches sharded over devices moves half of the rows
+  between devices: an all-to-all of the images and of their gradients at every step)."""
+  return jnp.stack([a, b], axis=1).reshape(2 * a.shape[0], *a.shape[1:])
+
+
+def deinterleave(x: jax.Array):
+  """The inverse of `interleave`: (rows 0, 2, 4, …; rows 1, 3, 5, …)."""
+  pairs = x.reshape(x.shape[0] // 2, 2, *x.shape[1:])
+  return pairs[:, 0], pairs[:, 1]
+
+
 def two_view(contrastive: Callable, concat_views: bool = True) -> Objective:
   """The objective of a two-view loss `contrastive(z1, z2, batch, key, loss_config)`."""
 
   def loss(model, params, batch_stats, objective_state, batch, key, loss_config) -> Output:
     del objective_state
-    n = batch["view1"].shape[0]
     variables = {"params": params, "batch_stats": batch_stats}
-    if concat_views:
-      x = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+    if concat_views:  # one pass over both views, BatchNorm statistics over all 2N images
+      x = interleave(batch["view1"], batch["view2"])
       (_, z, logits), updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
-      z1, z2 = z[:n], z[n:]
+      z1, z2 = deinterleave(z)
     else:
       (_, z1, logits1), updated = model.apply(variables, batch["view1"], train=True,
                                               mutable=["batch_stats"])
       (_, z2, logits2), updated = model.apply({"params": params, **updated}, batch["view2"],
                                               train=True, mutable=["batch_stats"])
-      logits = {k: jnp.concatenate([logits1[k], logits2[k]]) for k in logits1}
-    labels = {name: jnp.concatenate([batch[name]] * 2) for name in logits}
+      logits = {k: interleave(logits1[k], logits2[k]) for k in logits1}
+    labels = {name: jnp.repeat(batch[name], 2, axis=0) for name in logits}
     return Output(contrastive(z1, z2, batch, key, loss_config), logits, labels,
                   updated["batch_stats"], None)
 

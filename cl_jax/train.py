@@ -152,10 +152,9 @@ def batch_metrics(state: TrainState, batch, *, model) -> dict:
   two views (BatchNorm in training mode, its updates discarded). Called on log steps only: the
   effective rank needs an SVD, too costly for every step."""
   variables = {"params": state.params, "batch_stats": state.batch_stats}
-  x = jnp.concatenate([batch["view1"], batch["view2"]], axis=0)
+  x = objectives.interleave(batch["view1"], batch["view2"])
   (_, z, _), _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-  n = batch["view1"].shape[0]
-  return evaluate.representation_metrics(z[:n], z[n:])
+  return evaluate.representation_metrics(*objectives.deinterleave(z))
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:

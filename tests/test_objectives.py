@@ -246,3 +246,37 @@ def test_shuffle_bn_matches_an_explicit_per_group_reference(small):
     if groups == 1:
       global_keys = keys
   assert np.abs(keys - global_keys).max() > 1e-2  # per-group statistics change the keys
+
+
+def test_interleaved_views_give_the_concatenated_reference_and_stay_on_their_devices(small):
+  """The objective encodes [v1_0, v2_0, v1_1, …]; the loss and the probes' targets equal those of
+  the reference that encodes [v1; v2] (BatchNorm statistics are the same set of rows), and
+  under an 8-device mesh the interleaving needs no all-to-all of the images."""
+  config = small(supcon_joint.get_config())
+  split = sources.load(config.data, "train")
+  model = models.create_model(config.model, pipeline.label_classes(split, config.data))
+  rng = np.random.default_rng(0)
+  shape = (16, config.data.image_size, config.data.image_size, 1 + config.data.random_bits)
+  batch = {"view1": jnp.asarray(rng.random(shape), jnp.float32),
+           "view2": jnp.asarray(rng.random(shape), jnp.float32),
+           "label": jnp.asarray(rng.integers(0, 2, 16)),
+           "subclass": jnp.asarray(rng.integers(0, 10, 16))}
+  variables = model.init(jax.random.PRNGKey(0), batch["view1"][:2], train=False)
+  objective = objectives.create(config, 1)
+  out = objective.loss(model, variables["params"], variables["batch_stats"], None, batch,
+                       jax.random.PRNGKey(1), config.loss)
+  x = jnp.concatenate([batch["view1"], batch["view2"]])
+  (_, z, logits), updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
+  reference = losses.joint(z[:16], z[16:], batch["label"], config.loss.temperature,
+                           config.loss.beta)
+  np.testing.assert_allclose(out.loss, reference, rtol=1e-5)
+  for name in logits:
+    pairs = objectives.deinterleave(out.probe_logits[name])
+    np.testing.assert_allclose(jnp.concatenate(pairs), logits[name], rtol=1e-4, atol=1e-5)
+    np.testing.assert_array_equal(objectives.deinterleave(out.probe_labels[name])[1], batch[name])
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6),
+               out.batch_stats, updated["batch_stats"])
+  sharding = jax.sharding.NamedSharding(train.create_mesh(), jax.sharding.PartitionSpec("data"))
+  hlo = jax.jit(objectives.interleave, in_shardings=(sharding, sharding)).lower(
+      batch["view1"], batch["view2"]).compile().as_text()
+  assert not any(op in hlo for op in ("all-to-all", "all-gather", "collective-permute"))
