@@ -4,8 +4,9 @@
       [--steps=200] [--runs=9] [--profile=15] [--out=results.json]
 
 Prints and optionally writes JSON: device, global batch; device_views_batches_per_s (the two
-views as the training loop makes them: on the device for in-memory splits, host tf.data + device
-for scenes and streamed splits) and host_pipeline_batches_per_s (tf.data's share alone); train
+views as the training loop makes them: on the device for in-memory splits, scenes included; host
+tf.data + device for streamed splits) and host_pipeline_batches_per_s (tf.data's share alone,
+`pipeline.train_dataset`: for an in-memory split only a gather); train
 steps/s on one fixed device-resident batch and with data (views + step, as the loop runs them);
 with --runs=R, run-steps/s of R runs as one vmapped group (vmapped_run_steps_per_s, and its ratio
 to one run with data); compile time of the train step; and eval_s: the wall time of the final
@@ -95,16 +96,17 @@ def main(_):
     return iter(pipeline.TrainBatches(split, config.data, seeds=run_seeds, batch_size=batch_size,
                                       start_step=0, num_steps=10**9, mesh=mesh))
 
-  # The views alone (device-resident split, or the host's scenes / JPEG crops + device views).
+  # The views alone (device-resident split, or the host's JPEG crops + device views).
   views = make_batches(seeds[:1])
   views_rate = rate(lambda n: jax.block_until_ready([next(views) for _ in range(n)]), steps)
-  # The host's share alone (tf.data: scenes, streamed crops; for an in-memory split without a
-  # scene only a gather, which the resident path does on the device instead).
+  # The host's share alone (tf.data: streamed reads and crops; for an in-memory split only a
+  # gather, which the resident path does on the device instead).
   host = pipeline.train_dataset(split, config.data, seed=config.seed, batch_size=batch_size,
                                 start_step=0, num_steps=10**9).as_numpy_iterator()
   host_rate = rate(lambda n: [next(host) for _ in range(n)], steps)
+  del host, views  # stop their prefetching: it would take cores from the timings below
 
-  model = models.create_model(config.model, split.num_classes)
+  model = models.create_model(config.model, pipeline.label_classes(split, config.data))
   schedule = optim.learning_rate_schedule(config.optim, batch_size, steps, per_epoch)
   tx = optim.create_optimizer(config.optim, schedule)
   batches = make_batches(seeds[:1])
@@ -126,17 +128,25 @@ def main(_):
   compiled = step_fn.lower(state, first, hyper).compile()
   compile_s = time.perf_counter() - t
 
+  # As in the training loop, at most two steps are in flight (it reads each step's finiteness
+  # one step late); XLA:CPU with 2 devices sometimes deadlocked in a collective of the step when
+  # a hundred steps were queued at once.
+  def steps_of(fn, get_batch, state, hyper, n):
+    previous = None
+    for _ in range(n):
+      state, out = fn(state, get_batch(), hyper)
+      jax.block_until_ready(previous)
+      previous = out
+    jax.block_until_ready(out)
+    return state
+
   def fixed_batch(n):  # the step alone, on one device-resident batch
     nonlocal state
-    for _ in range(n):
-      state, out = compiled(state, first, hyper)
-    jax.block_until_ready(out)
+    state = steps_of(compiled, lambda: first, state, hyper, n)
 
   def with_data(n):  # the training loop's work: views and step
     nonlocal state
-    for _ in range(n):
-      state, out = compiled(state, next(batches), hyper)
-    jax.block_until_ready(out)
+    state = steps_of(compiled, lambda: next(batches), state, hyper, n)
 
   step_rate = rate(fixed_batch, steps)
   data_rate = rate(with_data, steps)
@@ -150,9 +160,7 @@ def main(_):
 
     def group_steps(n):
       nonlocal group_state
-      for _ in range(n):
-        group_state, out = step_fn(group_state, next(group_batches), group_hyper)
-      jax.block_until_ready(out)
+      group_state = steps_of(step_fn, lambda: next(group_batches), group_state, group_hyper, n)
     group_rate = rate(group_steps, max(steps // num_runs, 2)) * num_runs
     group = {"runs": num_runs, "vmapped_run_steps_per_s": round(group_rate, 2),
              "vmapped_vs_sequential": round(group_rate / data_rate, 3)}
@@ -168,7 +176,7 @@ def main(_):
   result = {"device": str(jax.devices()[0].device_kind), "num_devices": mesh.devices.size,
             "dataset": config.data.dataset, "encoder": config.model.encoder,
             "image_shape": list(shape[1:]), "global_batch": batch_size,
-            "views_on_device": pipeline.resident(split, config.data),
+            "views_on_device": pipeline.resident(split),
             "device_views_batches_per_s": round(views_rate, 2),
             "host_pipeline_batches_per_s": round(host_rate, 2),
             "train_steps_per_s": round(step_rate, 2),

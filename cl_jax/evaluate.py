@@ -27,7 +27,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
 from cl_jax import losses, spec
-from cl_jax.data import pipeline, views
+from cl_jax.data import pipeline
 from cl_jax.data.sources import Split
 
 
@@ -53,31 +53,28 @@ def extract_features(model, variables, split, data_config, *, seed: int, split_n
   """`Features` of `split` (a `Split` or a `StreamingSplit`), computed batch by batch on the mesh
   and concatenated on the devices.
 
-  Each process reads and encodes only its devices' rows of every eval batch
-  (`pipeline.local_rows`); images, labels and the valid mask become global arrays the same way,
-  so rows stay aligned with their labels whatever the order of processes in the mesh."""
+  Each process reads only its devices' rows of every eval batch (`pipeline.EvalBatches`:
+  scenes and bit planes are added on the device); images, labels and the valid mask are global
+  arrays, so rows stay aligned with their labels whatever the order of processes in the mesh."""
   batch_size = spec.round_up(batch_size, mesh.devices.size)
   rows_sharding = NamedSharding(mesh, PartitionSpec("data"))
 
   @jax.jit
-  def encode(v, x, bit_integer):
-    x = views.append_bit_planes(x, bit_integer, data_config.random_bits)
+  def encode(v, x):
     h, _, logits = model.apply(v, x, train=False)
     return h, {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
 
-  ds, num_classes = pipeline.eval_dataset(split, data_config, seed=seed, split_name=split_name,
-                                          batch_size=batch_size,
-                                          rows=pipeline.local_rows(mesh, batch_size))
-  label_names = ["valid", *num_classes, *(["bits"] if data_config.random_bits else [])]
+  batches = pipeline.EvalBatches(split, data_config, seed=seed, split_name=split_name,
+                                 batch_size=batch_size, mesh=mesh)
+  label_names = ["valid", *batches.num_classes, *(["bits"] if data_config.random_bits else [])]
   outputs = []
-  for local in ds.as_numpy_iterator():
-    batch = pipeline.to_global({k: local[k] for k in ["image", "bit_integer", *label_names]},
-                               mesh)
-    outputs.append((*encode(variables, batch.pop("image"), batch.pop("bit_integer")), batch))
+  for batch in batches:
+    outputs.append((*encode(variables, batch["image"]), {k: batch[k] for k in label_names}))
   h, online, labels = jax.jit(lambda out: jax.tree.map(lambda *a: jnp.concatenate(a), *out),
                               out_shardings=rows_sharding)(outputs)
   valid = labels.pop("valid")
-  return Features(h=h, valid=valid, labels=labels, online=online, num_classes=num_classes)
+  return Features(h=h, valid=valid, labels=labels, online=online,
+                  num_classes=batches.num_classes)
 
 
 @jax.jit

@@ -1,13 +1,29 @@
 """Feature-control scenes (docs/method.md §2.2–2.5): placement rules, labels, determinism, sharing."""
+import functools
 import importlib
+
+import jax
+import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
-import tensorflow as tf
 
 from cl_jax.data import features, pipeline, sources
 
-SEED_A, SEED_B = tf.constant([1, 2], tf.int64), tf.constant([3, 4], tf.int64)
+SEED_A, SEED_B = 12, 34
+
+
+@functools.lru_cache(maxsize=None)
+def _jitted(scene):
+  return jax.jit(scene.compose)
+
+
+def compose(scene, image, index, read_seed, view_seed):
+  """(image as numpy, {label: int}) of one example composed with keys from the two seeds."""
+  image = None if image is None else jnp.asarray(image, jnp.float32)
+  out, labels = _jitted(scene)(scene.arrays, image, jnp.int32(index),
+                               jax.random.PRNGKey(read_seed), jax.random.PRNGKey(view_seed))
+  return np.asarray(out), {k: int(v) for k, v in labels.items()}
 
 
 def patches(num=20, size=8):
@@ -23,22 +39,20 @@ def image_label(value):
 
 def test_digits_on_images_draws_one_pool_digit_on_the_3x3_grid():
   pool, labels = patches(num=5)
-  scene, classes = features.digits_on_images(pool, labels, image_size=32, digit_fraction=0.25)
-  assert classes == {"digit": 10}
-  background = tf.zeros((32, 32, 3))
-  image, out = scene(background, 0, SEED_A, SEED_B)
-  image = image.numpy()
+  scene = features.digits_on_images(pool, labels, image_size=32, digit_fraction=0.25)
+  assert scene.num_classes == {"digit": 10} and scene.uses_image
+  background = np.zeros((32, 32, 3))
+  image, out = compose(scene, background, 0, SEED_A, SEED_B)
   drawn = image_label(image[5, 5, 0])  # inside the top-left copy (corner 0.15·32 ≈ 5)
-  assert out["digit"].numpy() == labels[drawn]
+  assert out["digit"] == labels[drawn]
   for y in (5, 14, 24):  # corners at 0.15/0.45/0.75 of 32, digits of side 8
     for x in (5, 14, 24):
       np.testing.assert_allclose(image[y:y + 8, x:x + 8], (drawn + 1) * 10 / 255, atol=1e-6)
   assert np.count_nonzero(image[..., 0]) == 9 * 64
   # Same read seed → same digit, whatever the view seed; other read seeds draw other digits.
-  again, _ = scene(background, 0, SEED_A, tf.constant([9, 9], tf.int64))
-  np.testing.assert_array_equal(again.numpy(), image)
-  drawn_digits = {int(scene(background, 0, tf.constant([s, 0], tf.int64), SEED_B)[1]["digit"])
-                  for s in range(40)}
+  again, _ = compose(scene, background, 0, SEED_A, 99)
+  np.testing.assert_array_equal(again, image)
+  drawn_digits = {compose(scene, background, 0, s, SEED_B)[1]["digit"] for s in range(40)}
   assert drawn_digits == set(labels[:5].tolist())
 
 
@@ -48,8 +62,8 @@ def test_digit_fraction_sets_the_digit_side_as_in_the_colab():
   pool, labels = patches(num=2, size=28)
   for size, fraction, side in ((224, 1 / 8, 28), (64, 1 / 8, 8), (64, 1 / 4, 16)):
     assert features.digit_side(size, fraction) == side
-    scene, _ = features.digits_on_images(pool, labels, image_size=size, digit_fraction=fraction)
-    image = scene(tf.zeros((size, size, 3)), 0, SEED_A, SEED_B)[0].numpy()
+    scene = features.digits_on_images(pool, labels, image_size=size, digit_fraction=fraction)
+    image = compose(scene, np.zeros((size, size, 3)), 0, SEED_A, SEED_B)[0]
     covered = np.count_nonzero(image[..., 0]) / size**2
     assert covered == pytest.approx(9 * fraction**2)
     corner = int(round(0.45 * size))  # the middle copy
@@ -58,23 +72,20 @@ def test_digit_fraction_sets_the_digit_side_as_in_the_colab():
 
 def test_digits_on_images_blends_by_pixelwise_max():
   pool, labels = patches(num=1)
-  scene, _ = features.digits_on_images(pool, labels, image_size=32, digit_fraction=0.25)
-  background = tf.fill((32, 32, 3), 0.5)
-  image = scene(background, 0, SEED_A, SEED_B)[0].numpy()
+  scene = features.digits_on_images(pool, labels, image_size=32, digit_fraction=0.25)
+  image = compose(scene, np.full((32, 32, 3), 0.5), 0, SEED_A, SEED_B)[0]
   assert image.min() == pytest.approx(0.5)  # digit value 10/255 < 0.5 never darkens
 
 
 @pytest.mark.parametrize("placement", ["grid", "random"])
 def test_multidigits_places_distinct_non_overlapping_digits_with_their_labels(placement):
   images, labels = patches()
-  scene, classes = features.multidigits(images, labels, image_size=48, digit_size=8,
-                                        num_digits=4, placement=placement)
-  assert classes == {"digit_1": 10, "digit_2": 10, "digit_3": 10}
+  scene = features.multidigits(images, labels, image_size=48, digit_size=8, num_digits=4,
+                               placement=placement)
+  assert scene.num_classes == {"digit_1": 10, "digit_2": 10, "digit_3": 10}
   for s in range(10):
-    seed = tf.constant([s, 1], tf.int64)
-    base = tf.cast(images[3], tf.float32) / 255.0
-    canvas, out = scene(base, 3, seed, SEED_B)
-    canvas = canvas.numpy()[..., 0]
+    canvas, out = compose(scene, None, 3, s, SEED_B)
+    canvas = canvas[..., 0]
     # Non-overlapping: exactly 4 full 8×8 patches of non-zero pixels (values never mix).
     assert np.count_nonzero(canvas) == 4 * 64
     found = []
@@ -98,42 +109,41 @@ def test_multidigits_rejects_canvases_that_cannot_hold_the_digits():
 @pytest.mark.parametrize("other_size", [4, 8, 16])
 def test_digit_sizes_two_digits_in_different_halves(other_size):
   images, labels = patches(size=8)
-  scene, classes = features.digit_sizes(images, labels, image_size=32, digit_size=8,
-                                        other_digit_size=other_size)
-  assert classes == {"other_digit": 10}
+  images[0] = 250  # a value no other image of the split has
+  scene = features.digit_sizes(images, labels, image_size=32, digit_size=8,
+                               other_digit_size=other_size)
+  assert scene.num_classes == {"other_digit": 10}
   for s in range(8):
-    base = tf.fill((8, 8, 1), 250 / 255)  # a value no image of the split has
-    canvas, out = scene(base, 0, tf.constant([s, 5], tf.int64), SEED_B)
-    canvas = canvas.numpy()[..., 0]
+    canvas, out = compose(scene, None, 0, s, SEED_B)
+    canvas = canvas[..., 0]
     first = np.isclose(canvas, 250 / 255, atol=1e-5)
     assert first.sum() == 64  # the indexed digit at its fixed size
-    other = (canvas > 0) & ~first
+    other = (canvas > 0) & ~first  # (the other digit is never image 0: value 250 vs ≤ 200)
     ys, xs = np.nonzero(other)
     assert ys.max() - ys.min() + 1 == other_size and xs.max() - xs.min() + 1 == other_size
     assert other.sum() == other_size**2  # no overlap
     halves = {int(x >= 16) for x in np.nonzero(first)[1]} | {int(x >= 16) for x in xs}
     assert halves == {0, 1} and len({int(x >= 16) for x in xs}) == 1
-    assert labels[image_label(canvas[ys[0], xs[0]])] == int(out["other_digit"])
+    assert labels[image_label(canvas[ys[0], xs[0]])] == out["other_digit"]
 
 
 def test_backgrounds_shared_vs_replaced_across_views():
   rng = np.random.default_rng(0)
   pool = rng.integers(0, 256, (6, 16, 16, 3), dtype=np.uint8)
-  digit = tf.zeros((8, 8, 1))
-  shared, classes = features.backgrounds(pool, 16, 8, shared=True)
-  assert classes == {"background": 6}
-  v1, l1 = shared(digit, 7, SEED_A, SEED_A)
-  v2, l2 = shared(digit, 7, SEED_A, SEED_B)
-  np.testing.assert_array_equal(v1.numpy(), v2.numpy())
-  assert int(l1["background"]) == int(l2["background"])
-  np.testing.assert_allclose(v1.numpy(), pool[int(l1["background"])] / 255, atol=1e-6)
+  digits = np.zeros((40, 8, 8, 1), np.uint8)
+  shared = features.backgrounds(pool, digits, 16, 8, shared=True)
+  assert shared.num_classes == {"background": 6}
+  v1, l1 = compose(shared, None, 7, SEED_A, SEED_A)
+  v2, l2 = compose(shared, None, 7, SEED_A, SEED_B)
+  np.testing.assert_array_equal(v1, v2)
+  assert l1 == l2
+  np.testing.assert_allclose(v1, pool[l1["background"]] / 255, atol=1e-6)
   # Fixed per image across reads, and different images get different backgrounds.
-  assert int(shared(digit, 7, SEED_B, SEED_B)[1]["background"]) == int(l1["background"])
-  assert len({int(shared(digit, i, SEED_A, SEED_A)[1]["background"]) for i in range(30)}) == 6
-  replaced, classes = features.backgrounds(pool, 16, 8, shared=False)
-  assert classes == {}
-  views = {replaced(digit, 7, SEED_A, tf.constant([s, 0], tf.int64))[0].numpy().tobytes()
-           for s in range(20)}
+  assert compose(shared, None, 7, SEED_B, SEED_B)[1] == l1
+  assert len({compose(shared, None, i, SEED_A, SEED_A)[1]["background"] for i in range(30)}) == 6
+  replaced = features.backgrounds(pool, digits, 16, 8, shared=False)
+  assert replaced.num_classes == {}
+  views = {compose(replaced, None, 7, SEED_A, s)[0].tobytes() for s in range(20)}
   assert len(views) > 1  # every view draws its own background
 
 
@@ -144,30 +154,45 @@ def _config(**scene):
       **scene))
 
 
+def _train_batch(split, config, seed=0, devices=None, batch_size=16):
+  from cl_jax import train  # pylint: disable=g-import-not-at-top
+  batches = pipeline.TrainBatches(split, config, seeds=[seed], batch_size=batch_size,
+                                  start_step=0, num_steps=1, mesh=train.create_mesh(devices))
+  return jax.device_get(jax.tree.map(lambda x: x[0], next(iter(batches))))
+
+
 @pytest.mark.parametrize("scene", [
     dict(scene="multidigits", digit_size=8, num_digits=3, eval_num_digits=1, placement="grid"),
     dict(scene="digit_sizes", digit_size=8, other_digit_size=12),
     dict(scene="backgrounds", digit_size=12, num_backgrounds=8, shared_background=True),
 ])
-def test_scenes_in_the_pipeline_are_deterministic_and_labelled(scene):
+def test_scenes_on_the_device_are_deterministic_labelled_and_device_count_free(scene):
+  from cl_jax import train  # pylint: disable=g-import-not-at-top
   config = _config(**scene)
   split = sources.load_digits("train", 16)
-  make = lambda: next(pipeline.train_dataset(split, config, seed=0, batch_size=16, start_step=0,
-                                             num_steps=1).as_numpy_iterator())
-  a, b = make(), make()
+  a, b = _train_batch(split, config), _train_batch(split, config)
+  one_device = _train_batch(split, config, devices=jax.devices()[:1])
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
+    np.testing.assert_allclose(a[k], one_device[k], atol=1e-6)
   channels = 3 if scene["scene"] == "backgrounds" else 1
-  assert a["image1"].shape == (16, 32, 32, channels)  # the bit planes follow on the device
+  assert a["view1"].shape == (16, 32, 32, channels + 2)  # the bit planes follow the scene
   classes = pipeline.label_classes(split, config)
   assert set(classes) <= set(a)
-  ds, eval_classes = pipeline.eval_dataset(split, config, seed=0, split_name="train",
-                                           batch_size=64)
-  batch = next(ds.as_numpy_iterator())
-  assert set(eval_classes) <= set(batch) and batch["image"].shape[1:] == (32, 32, channels)
+  assert not np.array_equal(a["view1"][..., :channels], a["view2"][..., :channels])
+  batches = pipeline.EvalBatches(split, config, seed=0, split_name="train", batch_size=64,
+                                 mesh=train.create_mesh())
+  batch = jax.device_get(next(iter(batches)))
+  assert set(batches.num_classes) <= set(batch)
+  assert batch["image"].shape[1:] == (32, 32, channels + 2)
+  again = jax.device_get(next(iter(pipeline.EvalBatches(
+      split, config, seed=0, split_name="train", batch_size=64, mesh=train.create_mesh()))))
+  np.testing.assert_array_equal(batch["image"], again["image"])  # fixed per image
   if scene["scene"] == "multidigits":  # evaluation canvases hold a single digit
-    assert eval_classes == {"label": 10}
+    assert batches.num_classes == {"label": 10}
     assert np.all(np.count_nonzero(batch["image"][..., 0] > 0.05, axis=(1, 2)) <= 64)
+    # Training canvases hold the indexed digit and two others, with their labels.
+    assert {"digit_1", "digit_2"} <= set(a)
 
 
 def test_digits_on_photos_source_and_unique_digit_pool():
@@ -177,8 +202,7 @@ def test_digits_on_photos_source_and_unique_digit_pool():
   split = sources.load(config, "test")
   assert split.images.shape == (400, 32, 32, 3) and dict(split.num_classes) == {"label": 8}
   assert set(split.labels["label"].tolist()) == set(range(8))
-  ds = pipeline.train_dataset(split, config, seed=0, batch_size=64, start_step=0, num_steps=4)
-  digits = np.concatenate([b["digit"] for b in ds.as_numpy_iterator()])
+  digits = _train_batch(split, config, batch_size=128)["digit"]
   pool_labels = sources.load_digits("train", 8).labels["label"][:3]
   assert set(digits.tolist()) == set(pool_labels.tolist())
 

@@ -66,16 +66,22 @@ def test_streamed_batches_are_seeded_resumable_and_tiled_by_process_rows(config)
 
 
 def test_digits_on_streamed_backgrounds(config):
+  """The host decodes the background; the device composes the scene, the views and the bits."""
+  import jax  # pylint: disable=g-import-not-at-top
   config.data.update(scene="digits_on_images", digit_dataset="digits", num_unique_digits=4,
                      digit_fraction=0.25)
+  mesh = train.create_mesh()
   with tfds.testing.mock_data(num_examples=32):
     split = sources.load(config.data, "train")
-    batch = _batches(split, config.data, steps=1)[0]
-    test, classes = pipeline.eval_dataset(sources.load(config.data, "test"), config.data, seed=0,
-                                          split_name="test", batch_size=16)
-    test = next(test.as_numpy_iterator())
-  assert batch["image1"].shape == (16, 16, 16, 3) and set(batch["digit"]) <= set(range(10))
-  assert classes["digit"] == 10 and test["image"].shape == (16, 16, 16, 3)
+    host = _batches(split, config.data, steps=1)[0]
+    batch = jax.device_get(next(iter(pipeline.TrainBatches(
+        split, config.data, seeds=[0], batch_size=16, start_step=0, num_steps=1, mesh=mesh))))
+    test = pipeline.EvalBatches(sources.load(config.data, "test"), config.data, seed=0,
+                                split_name="test", batch_size=16, mesh=mesh)
+    classes, test = test.num_classes, jax.device_get(next(iter(test)))
+  assert host["image"].shape == (16, 16, 16, 3) and "digit" not in host
+  assert batch["view1"].shape == (1, 16, 16, 16, 3 + 3) and set(batch["digit"][0]) <= set(range(10))
+  assert classes["digit"] == 10 and test["image"].shape == (16, 16, 16, 3 + 3)
   assert "digit" in test and test["valid"].all()
 
 

@@ -7,8 +7,12 @@ are concatenated after the image channels AFTER augmentation (on the device:
 and evaluation images carry them too. The input then has C + k channels. We draw b from a seeded generator indexed by the image's position in its split (the
 colab hashes the image bytes; docs/method.md §2.1 allows any stable per-image hash).
 """
+import dataclasses
+from typing import Callable, Mapping, Optional
+
+import jax
+import jax.numpy as jnp
 import numpy as np
-import tensorflow as tf
 
 from cl_jax import spec
 
@@ -28,31 +32,53 @@ def bit_labels(bit_integers: np.ndarray, num_bits: int) -> np.ndarray:
 
 
 # ------------------------------------------------------------------------------------------------
-# Scenes: images composed per read from digits and backgrounds (docs/method.md §2.2–2.5). A scene is a
-# function (image, index, read_seed, view_seed) → (image, {label: value}) applied to each view
-# BEFORE augmentation. Whatever it derives from `read_seed` or `index` is shared by both views
-# (the competing feature); only `view_seed` may differ between views. Evaluation calls it with
-# seeds fixed per image, so every test image is composed the same way in every run.
+# Scenes: images composed per read from digits and backgrounds (docs/method.md §2.2–2.5), on the
+# device, before augmentation (docs/design.md "Data flow"). A `Scene` composes ONE example; its
+# arrays (digit pools, backgrounds) live on every device. Whatever it derives from `read_key` or
+# `index` is shared by both views (the competing feature); only `view_key` may differ between
+# views, and labels derive from `read_key` and `index` only. Evaluation composes each image with
+# keys fixed per image, so every test image is composed the same way in every run with that seed.
 
 GRID_OFFSETS = (0.15, 0.45, 0.75)  # top-left corners of the 3×3 digit grid (fraction of side)
+_BACKGROUND_HASH = 0xBAC
 
 
-def place(canvas: tf.Tensor, patch: tf.Tensor, y, x) -> tf.Tensor:
-  """Pixel-wise max of `canvas` [H, W, C] and `patch` [h, w, 1 or C] placed at (y, x)."""
-  height, width, channels = canvas.shape
-  if patch.shape[-1] != channels:
-    patch = tf.tile(patch, [1, 1, channels])
-  return tf.maximum(canvas, tf.image.pad_to_bounding_box(patch, y, x, height, width))
+@dataclasses.dataclass(frozen=True, eq=False)
+class Scene:
+  """compose(arrays, image, index, read_key, view_key) → (image [S, S, C] float in [0, 1],
+  {label: int32 scalar}): a pure JAX function of one example. `arrays`: the host arrays it reads,
+  held once on every device; `image`: the example's own image [S, S, C] when `uses_image`, else
+  None (the scene reads the example's digit from `arrays` by `index`). `num_classes`: the labels
+  it adds."""
+  compose: Callable
+  arrays: Mapping[str, np.ndarray]
+  num_classes: Mapping[str, int]
+  uses_image: bool = False
 
 
-def resize(image: tf.Tensor, size: int) -> tf.Tensor:
-  if image.shape[0] == size:
-    return image
-  return tf.clip_by_value(tf.image.resize(image, (size, size), antialias=True), 0.0, 1.0)
+def compose_batch(scene: Scene, arrays, images, index, read_keys, view_keys):
+  """`scene.compose` of a batch: images [B, S, S, C] or None, index [B], keys [B]."""
+  return jax.vmap(scene.compose, in_axes=(None, 0, 0, 0, 0))(arrays, images, index, read_keys,
+                                                             view_keys)
 
 
-def _uniform_int(seed, maxval):
-  return tf.random.stateless_uniform([], seed, 0, maxval, dtype=tf.int32)
+def resized(images: np.ndarray, size: int, chunk: int = 4096) -> np.ndarray:
+  """uint8 images [N, h, w, C] → float32 [N, size, size, C] in [0, 1]; bilinear with
+  antialiasing when the size changes (done once, on the host, in chunks)."""
+  if images.shape[1] == size:
+    return images.astype(np.float32) / 255.0
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  return np.concatenate([np.clip(tf.image.resize(
+      images[i:i + chunk].astype(np.float32) / 255.0, (size, size), antialias=True).numpy(), 0, 1)
+                         for i in range(0, len(images), chunk)])
+
+
+def place(canvas: jax.Array, patch: jax.Array, y, x) -> jax.Array:
+  """Pixel-wise max of `canvas` [H, W, C] and `patch` [h, w, 1 or C] with its top-left corner at
+  (y, x) (ints, may be traced; the patch must fit)."""
+  patch = jnp.broadcast_to(patch, (*patch.shape[:2], canvas.shape[-1]))
+  region = jax.lax.dynamic_slice(canvas, (y, x, 0), patch.shape)
+  return jax.lax.dynamic_update_slice(canvas, jnp.maximum(region, patch), (y, x, 0))
 
 
 def digit_side(image_size: int, digit_fraction: float) -> int:
@@ -61,39 +87,28 @@ def digit_side(image_size: int, digit_fraction: float) -> int:
 
 
 def digits_on_images(digit_pool: np.ndarray, digit_labels: np.ndarray, image_size: int,
-                     digit_fraction: float):
+                     digit_fraction: float) -> Scene:
   """Channel addition (Chen et al. 2021; digits_on_tf_flowers colab): each read of a background
-  picks one digit of the pool (uniformly, from `read_seed`), replicates it on the 3×3 grid with
+  picks one digit of the pool (uniformly, from `read_key`), replicates it on the 3×3 grid with
   top-left corners at 0.15/0.45/0.75 of the side and blends it by pixel-wise max. The digit side
   is `digit_fraction` of the image side (the colab: 28-px digits on 224-px images, 1/8).
   Label `digit`: the drawn digit's class."""
   side = digit_side(image_size, digit_fraction)
-  pool = tf.constant(digit_pool.astype(np.float32) / 255.0)
-  pool = tf.image.resize(pool, (side, side), antialias=True) if pool.shape[1] != side else pool
-  pool_labels = tf.constant(digit_labels.astype(np.int32))
-  corners = [int(round(o * image_size)) for o in GRID_OFFSETS]
-  corners = [min(c, image_size - side) for c in corners]
+  corners = [min(int(round(o * image_size)), image_size - side) for o in GRID_OFFSETS]
 
-  def scene(image, index, read_seed, view_seed):
-    del index, view_seed
-    j = _uniform_int(read_seed, pool.shape[0])
-    digit = tf.clip_by_value(tf.gather(pool, j), 0.0, 1.0)
+  def compose(arrays, image, index, read_key, view_key):
+    del index, view_key
+    j = jax.random.randint(read_key, (), 0, arrays["digits"].shape[0])
     for y in corners:
       for x in corners:
-        image = place(image, digit, y, x)
-    return image, {"digit": tf.gather(pool_labels, j)}
-  return scene, {"digit": 10}
-
-
-def _other(images, labels, read_seed, salt):
-  """A random image (and its label) of the split, drawn from the read's seed."""
-  seed = tf.random.experimental.stateless_fold_in(read_seed, salt)
-  j = _uniform_int(seed, images.shape[0])
-  return tf.cast(tf.gather(images, j), tf.float32) / 255.0, tf.gather(labels, j)
+        image = place(image, arrays["digits"][j], y, x)
+    return image, {"digit": arrays["labels"][j]}
+  arrays = {"digits": resized(digit_pool, side), "labels": digit_labels.astype(np.int32)}
+  return Scene(compose, arrays, {"digit": 10}, uses_image=True)
 
 
 def multidigits(images: np.ndarray, labels: np.ndarray, image_size: int, digit_size: int,
-                num_digits: int, placement: str):
+                num_digits: int, placement: str) -> Scene:
   """MultiDigits (Chen et al. 2021; layout details ours): a black canvas of `image_size` with
   `num_digits` digits of side `digit_size` that never overlap. Digit 0 is the indexed image
   (its label stays the example's `label`); the others are random digits of the split.
@@ -105,32 +120,26 @@ def multidigits(images: np.ndarray, labels: np.ndarray, image_size: int, digit_s
   if per_side * per_side < num_digits:
     raise ValueError(f"{num_digits} digits of {digit_size} px do not fit on a {image_size} px "
                      f"canvas with placement '{placement}'.")
-  images_t, labels_t = tf.constant(images), tf.constant(labels.astype(np.int32))
-  channels = images.shape[-1]
 
-  def scene(image, index, read_seed, view_seed):
-    del index, view_seed
-    cells = tf.random.experimental.index_shuffle(
-        tf.range(num_digits, dtype=tf.int64), tf.cast(read_seed, tf.int64),
-        per_side * per_side - 1)
-    jitter = tf.random.stateless_uniform([num_digits, 2], tf.random.experimental
-                                         .stateless_fold_in(read_seed, 7), 0,
-                                         cell - digit_size + 1, dtype=tf.int32)
-    canvas = tf.zeros((image_size, image_size, channels))
-    extra = {}
+  def compose(arrays, image, index, read_key, view_key):
+    del image, view_key
+    digits = arrays["digits"]
+    k_cells, k_jitter, k_others = jax.random.split(read_key, 3)
+    cells = jax.random.permutation(k_cells, per_side * per_side)[:num_digits]
+    jitter = jax.random.randint(k_jitter, (num_digits, 2), 0, cell - digit_size + 1)
+    which = jnp.concatenate([jnp.reshape(index, (1,)), jax.random.randint(
+        k_others, (num_digits - 1,), 0, digits.shape[0])])
+    canvas = jnp.zeros((image_size, image_size, digits.shape[-1]))
     for k in range(num_digits):
-      digit = image
-      if k > 0:
-        digit, extra[f"digit_{k}"] = _other(images_t, labels_t, read_seed, k)
-      y = tf.cast(cells[k] // per_side, tf.int32) * cell + jitter[k, 0]
-      x = tf.cast(cells[k] % per_side, tf.int32) * cell + jitter[k, 1]
-      canvas = place(canvas, resize(digit, digit_size), y, x)
-    return canvas, extra
-  return scene, {f"digit_{k}": 10 for k in range(1, num_digits)}
+      canvas = place(canvas, digits[which[k]], cells[k] // per_side * cell + jitter[k, 0],
+                     cells[k] % per_side * cell + jitter[k, 1])
+    return canvas, {f"digit_{k}": arrays["labels"][which[k]] for k in range(1, num_digits)}
+  arrays = {"digits": resized(images, digit_size), "labels": labels.astype(np.int32)}
+  return Scene(compose, arrays, {f"digit_{k}": 10 for k in range(1, num_digits)})
 
 
 def digit_sizes(images: np.ndarray, labels: np.ndarray, image_size: int, digit_size: int,
-                other_digit_size: int):
+                other_digit_size: int) -> Scene:
   """Two digits on one canvas (Chen et al. 2021): the indexed digit at `digit_size` (label
   `label`) and a random other digit at `other_digit_size` (label `other_digit`). Each gets one
   half of the canvas (which half is random), at a random position inside it: no overlap."""
@@ -138,45 +147,43 @@ def digit_sizes(images: np.ndarray, labels: np.ndarray, image_size: int, digit_s
   if max(digit_size, other_digit_size) > half:
     raise ValueError(f"Digits of {digit_size} and {other_digit_size} px do not fit side by side "
                      f"on a {image_size} px canvas (at most {half} px each).")
-  images_t, labels_t = tf.constant(images), tf.constant(labels.astype(np.int32))
-  channels = images.shape[-1]
 
-  def scene(image, index, read_seed, view_seed):
-    del index, view_seed
-    other, other_label = _other(images_t, labels_t, read_seed, 1)
-    u = tf.random.stateless_uniform([5], tf.random.experimental.stateless_fold_in(read_seed, 2))
+  def compose(arrays, image, index, read_key, view_key):
+    del image, view_key
+    k_other, k_place = jax.random.split(read_key)
+    other = jax.random.randint(k_other, (), 0, arrays["labels"].shape[0])
+    u = jax.random.uniform(k_place, (5,))
     first_left = u[0] < 0.5
-    canvas = tf.zeros((image_size, image_size, channels))
-    for digit, size, left, uy, ux in ((image, digit_size, first_left, u[1], u[2]),
-                                      (other, other_digit_size, ~first_left, u[3], u[4])):
-      y = tf.cast(uy * (image_size - size + 1), tf.int32)
-      x = tf.cast(ux * (half - size + 1), tf.int32) + tf.where(left, 0, half)
-      canvas = place(canvas, resize(digit, size), y, x)
-    return canvas, {"other_digit": other_label}
-  return scene, {"other_digit": 10}
+    canvas = jnp.zeros((image_size, image_size, arrays[f"size_{digit_size}"].shape[-1]))
+    for j, size, left, uy, ux in ((index, digit_size, first_left, u[1], u[2]),
+                                  (other, other_digit_size, ~first_left, u[3], u[4])):
+      y = (uy * (image_size - size + 1)).astype(jnp.int32)
+      x = (ux * (half - size + 1)).astype(jnp.int32) + jnp.where(left, 0, half)
+      canvas = place(canvas, arrays[f"size_{size}"][j], y, x)
+    return canvas, {"other_digit": arrays["labels"][other]}
+  arrays = {f"size_{s}": resized(images, s) for s in {digit_size, other_digit_size}}
+  return Scene(compose, {**arrays, "labels": labels.astype(np.int32)}, {"other_digit": 10})
 
 
-def backgrounds(backgrounds_pool: np.ndarray, image_size: int, digit_size: int, shared: bool):
+def backgrounds(backgrounds_pool: np.ndarray, images: np.ndarray, image_size: int,
+                digit_size: int, shared: bool) -> Scene:
   """Digits on class-irrelevant backgrounds (Xue et al. 2023; construction ours): the indexed
-  digit (side `digit_size`, centred with a random offset of the read) blended by max onto one of
-  the pool's backgrounds. shared=True: the background is fixed per image (a hash of its index) and
+  digit (side `digit_size`, at a random offset of the read) blended by max onto one of the
+  pool's backgrounds. shared=True: the background is fixed per image (a hash of its index) and
   both views show it — an easy feature shared by the views; label `background`. shared=False:
   every view draws its own background (augmentation that changes it)."""
-  pool = tf.constant(backgrounds_pool.astype(np.float32) / 255.0)
-  size = pool.shape[0]
+  num_backgrounds = len(backgrounds_pool)
 
-  def scene(image, index, read_seed, view_seed):
-    if shared:
-      which = tf.random.experimental.index_shuffle(tf.cast(index, tf.int64), [0xBAC, 0],
-                                                   2**31 - 2) % size
-    else:
-      which = tf.cast(_uniform_int(view_seed, size), tf.int64)
-    canvas = tf.gather(pool, which)
-    offset = tf.random.stateless_uniform([2], read_seed, 0, image_size - digit_size + 1,
-                                         dtype=tf.int32)
-    canvas = place(canvas, resize(image, digit_size), offset[0], offset[1])
-    return canvas, ({"background": tf.cast(which, tf.int32)} if shared else {})
-  return scene, ({"background": size} if shared else {})
+  def compose(arrays, image, index, read_key, view_key):
+    del image
+    key = jax.random.fold_in(jax.random.PRNGKey(_BACKGROUND_HASH), index) if shared else view_key
+    which = jax.random.randint(key, (), 0, num_backgrounds)
+    y, x = jax.random.randint(read_key, (2,), 0, image_size - digit_size + 1)
+    canvas = place(arrays["backgrounds"][which], arrays["digits"][index], y, x)
+    return canvas, ({"background": which} if shared else {})
+  arrays = {"backgrounds": resized(backgrounds_pool, image_size),
+            "digits": resized(images, digit_size)}
+  return Scene(compose, arrays, {"background": num_backgrounds} if shared else {})
 
 
 # data.scene → the data fields it reads (checked before anything loads) and the config file that
@@ -195,14 +202,14 @@ SCENE_CONFIGS = {"digits_on_images": "digits_on_images.py", "multidigits": "mult
                  "digit_sizes": "digit_sizes.py", "backgrounds": "backgrounds.py"}
 
 
-def make_scene(data_config, split, train: bool):
-  """(scene function or None, {label: number of classes} it adds) for `data.scene`; `split` is the
-  data being read (its images are the backgrounds for digits_on_images, the digits otherwise)."""
+def make_scene(data_config, split, train: bool) -> Optional[Scene]:
+  """The `Scene` of `data.scene` (None for 'none'); `split` is the data being read (its images are
+  the backgrounds for digits_on_images, the digits otherwise)."""
   import ml_collections  # pylint: disable=g-import-not-at-top
   from cl_jax.data import sources  # pylint: disable=g-import-not-at-top
   name = data_config.get("scene", "none")
   if name == "none":
-    return None, {}
+    return None
   size = data_config.image_size
   if name == "digits_on_images":
     digits = sources.load(ml_collections.ConfigDict(dict(
@@ -225,5 +232,5 @@ def make_scene(data_config, split, train: bool):
     return digit_sizes(split.images, digit_labels, size, data_config.digit_size,
                        data_config.other_digit_size)
   photos = sources.load_photos("train", size)
-  return backgrounds(photos.images[:data_config.num_backgrounds], size, data_config.digit_size,
-                     data_config.shared_background)
+  return backgrounds(photos.images[:data_config.num_backgrounds], split.images, size,
+                     data_config.digit_size, data_config.shared_background)

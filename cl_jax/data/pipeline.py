@@ -22,8 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from cl_jax.data import augment, features, sources, views
 
-_HOST_SALT = 0x5EED  # scenes and streamed crops (host)
-_SCENE_SALT = 0x5CE7E
+_HOST_SALT = 0x5EED  # streamed crops (host)
 _EVAL_SALT = {"train": 0xE0, "test": 0xE1}
 
 
@@ -86,23 +85,22 @@ def _example_reader(split, data_config, read_in_batches_of: int):
 def train_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int,
                   batch_size: int, start_step: int, num_steps: int, rows=None,
                   split_name: str = "train") -> tf.data.Dataset:
-  """The host's part of the training views (scenes and streamed splits; `TrainBatches` makes the
-  rest on the device): process-local batches {image1, image2, bit_integer, index, <label>...} for
+  """The host's part of the training views (streamed splits; `TrainBatches` makes the rest on the
+  device): process-local batches {image or image1/image2, bit_integer, index, <label>...} for
   global steps [start_step, num_steps), the `rows` (increasing positions in [0, batch_size);
   default all, multi-host: `local_rows(mesh, batch_size)`) of every global batch.
 
-  image1/image2: float32 [R, S, S, C] in [0, 1], not yet augmented: the composed scene of each
-  view (the same image unless the scene draws something per view), or for a streamed split
-  without scene the random resized crop decoded from the JPEG (crop_window of the view's key, the
-  same distribution as `views.crop_window`). index (position in the split), bit_integer and
-  labels: int32 [R], R = len(rows). `split_name` picks the split's random bits (each split has its
-  own, the ones evaluation uses)."""
+  Without a scene (`cropped_at_decode`): image1/image2, float32 [R, S, S, C] in [0, 1], the random
+  resized crop of each view decoded from the JPEG (crop_window of the view's seed, the same
+  distribution as `views.crop_window`). Otherwise: image, the un-augmented image (the scene is
+  composed on the device). index (position in the split), bit_integer and labels: int32 [R],
+  R = len(rows). `split_name` picks the split's random bits (each split has its own, the ones
+  evaluation uses)."""
   n = len(split)
   per_epoch = steps_per_epoch(n, batch_size)
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   is_local_row = tf.constant(np.isin(np.arange(batch_size), rows))
   bit_ints = tf.constant(features.random_bit_integers(n, data_config.random_bits, seed, split_name))
-  scene, _ = features.make_scene(data_config, split, train=True)
   with_records, image_of = _example_reader(split, data_config, len(rows))
   crop_at_decode = cropped_at_decode(split, data_config)
   area = (data_config.crop_area_min, 1.0)
@@ -117,23 +115,18 @@ def train_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int,
 
   def example(element):
     g, index = element.pop("g"), element["index"]
-    image = None if crop_at_decode else image_of(element)
-    encoded = element.pop("encoded", None)
-    example_seed = tf.stack([tf.constant(seed + _HOST_SALT, tf.int64), g])
-    read_seed = tf.random.experimental.stateless_fold_in(example_seed, _SCENE_SALT)
     out = {**element, "index": tf.cast(index, tf.int32), "bit_integer": tf.gather(bit_ints, index)}
+    if not crop_at_decode:
+      out["image"] = image_of(element)
+      out.pop("encoded", None)
+      return out
+    encoded = out.pop("encoded")
+    example_seed = tf.stack([tf.constant(seed + _HOST_SALT, tf.int64), g])
     view_seeds = tf.unstack(tf.random.experimental.stateless_split(example_seed, 2))
     for i, view_seed in enumerate(view_seeds):
-      if crop_at_decode:
-        view = augment.decode_random_resized_crop(
-            encoded, view_seed, area, size=data_config.image_size,
-            image_format=split.image_format, channels=split.channels)
-      else:
-        view = image
-        if scene is not None:
-          view, scene_labels = scene(image, index, read_seed, view_seed)
-          out.update(scene_labels)
-      out[f"image{i + 1}"] = view
+      out[f"image{i + 1}"] = augment.decode_random_resized_crop(
+          encoded, view_seed, area, size=data_config.image_size,
+          image_format=split.image_format, channels=split.channels)
     return out
 
   ds = tf.data.Dataset.range(start_step * batch_size, num_steps * batch_size)
@@ -148,9 +141,9 @@ def cropped_at_decode(split, data_config) -> bool:
   return isinstance(split, sources.StreamingSplit) and data_config.get("scene", "none") == "none"
 
 
-def resident(split, data_config) -> bool:
-  """Whether training reads `split` from device memory: in memory and without a scene."""
-  return isinstance(split, sources.Split) and data_config.get("scene", "none") == "none"
+def resident(split) -> bool:
+  """Whether training reads `split` from device memory (every split held in host memory)."""
+  return isinstance(split, sources.Split)
 
 
 def epoch_order(seed: int, epoch: int, num_examples: int, batch_size: int) -> np.ndarray:
@@ -181,46 +174,51 @@ class TrainBatches:
   mesh's `data` axis), for the global steps [start_step, num_steps), made on the device
   (docs/design.md "Data flow").
 
-  Resident (`resident`): the split lives on every device; a jitted function gathers the step's
-  examples (positions (step mod steps_per_epoch)·B … +B of the run's `epoch_order`) and makes the
-  two views (`views.two_views`). Otherwise tf.data (`train_dataset`, one per run) composes the
-  scenes / decodes the streamed crops on the host, and the same jitted `views.two_views` augments
-  them on the device. The views' keys come from (seed, global position), so both ways give
-  batches that are a function of (seed, step) only. `image_shape`: [H, W, C + random_bits] of one
-  view."""
+  Resident (`resident`): the split (and the scene's arrays) live on every device; a jitted
+  function gathers the step's examples (positions (step mod steps_per_epoch)·B … +B of the run's
+  `epoch_order`), composes their scenes and makes the two views (`device_batch`). Streamed:
+  tf.data (`train_dataset`, one per run) reads and decodes on the host (cropping at decode when
+  there is no scene), and the same jitted functions finish the batch on the device. The keys come
+  from (seed, global position), so both ways give batches that are a function of (seed, step)
+  only. `image_shape`: [H, W, C + random_bits] of one view."""
 
   def __init__(self, split, data_config, *, seeds, batch_size: int, start_step: int,
                num_steps: int, mesh: Mesh, split_name: str = "train"):
     self.split, self.seeds, self.mesh = split, list(seeds), mesh
     self.batch_size, self.start_step, self.num_steps = batch_size, start_step, num_steps
     self.per_epoch = steps_per_epoch(len(split), batch_size)
+    self._keys = jnp.stack([views.view_key(seed) for seed in self.seeds])
     bits = np.stack([features.random_bit_integers(len(split), data_config.random_bits, seed,
                                                   split_name) for seed in self.seeds])
-    self._keys = jnp.stack([views.view_key(seed) for seed in self.seeds])
-    out = run_batch_sharding(mesh)
+    scene = features.make_scene(data_config, split, train=True)
+    self._shared = {"scene": {k: replicate(v, mesh) for k, v in scene.arrays.items()}
+                    if scene else {}}
+    make = functools.partial(device_batch, batch_size=batch_size, per_epoch=self.per_epoch,
+                             data_config=data_config, scene=scene,
+                             cropped=cropped_at_decode(split, data_config))
     self._host = None
-    if resident(split, data_config):
-      self._shared = {k: replicate(v, mesh) for k, v in {"images": split.images,
-                                                          **split.labels}.items()}
-      self._bits = replicate(bits, mesh)
-      self._orders = {}
-      make = functools.partial(resident_batch, batch_size=batch_size, per_epoch=self.per_epoch,
-                               data_config=data_config)
-      self._make = jax.jit(jax.vmap(make, in_axes=(None, 0, 0, None, 0)), out_shardings=out)
-      size = data_config.image_size
-      self.image_shape = (size, size, split.images.shape[-1] + data_config.random_bits)
+    if resident(split):
+      self._shared["labels"] = {k: replicate(v, mesh) for k, v in split.labels.items()}
+      if scene is None or scene.uses_image:
+        self._shared["images"] = replicate(split.images, mesh)
+      self._bits, self._orders = replicate(bits, mesh), {}
+      self._make = jax.jit(jax.vmap(make, in_axes=(None, None, 0, 0, None, 0)),
+                           out_shardings=run_batch_sharding(mesh))
+      example = (self._shared, None, self._bits, self._order(start_step // self.per_epoch),
+                 start_step, self._keys)
     else:
       self._host = [train_dataset(split, data_config, seed=seed, batch_size=batch_size,
                                   start_step=start_step, num_steps=num_steps,
                                   rows=local_rows(mesh, batch_size), split_name=split_name)
                     for seed in self.seeds]
-      spec = self._host[0].element_spec["image1"].shape
-      self.image_shape = (*spec[1:-1], spec[-1] + data_config.random_bits)
-      finish = jax.vmap(functools.partial(finish_host_batch, data_config=data_config,
-                                          cropped=cropped_at_decode(split, data_config)),
-                        in_axes=(0, None, 0))
-      self._make = jax.jit(lambda batches, step, keys: finish(
-          jax.tree.map(lambda *x: jnp.stack(x), *batches), step, keys), out_shardings=out)
+      run_batches = jax.vmap(make, in_axes=(None, 0, None, None, None, 0))
+      self._make = jax.jit(lambda shared, batches, step, keys: run_batches(
+          shared, jax.tree.map(lambda *x: jnp.stack(x), *batches), None, None, step, keys),
+                           out_shardings=run_batch_sharding(mesh))
+      spec = {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype.as_numpy_dtype)
+              for k, v in self._host[0].element_spec.items()}
+      example = (self._shared, [spec] * len(self.seeds), start_step, self._keys)
+    self.image_shape = jax.eval_shape(self._make, *example)["view1"].shape[2:]
 
   def _order(self, epoch: int) -> jax.Array:
     if epoch not in self._orders:  # [R, steps_per_epoch · B]; only the current epoch is kept
@@ -235,13 +233,14 @@ class TrainBatches:
 
   def _resident_batches(self):
     for step in range(self.start_step, self.num_steps):
-      yield self._make(self._shared, self._bits, self._order(step // self.per_epoch), step,
+      yield self._make(self._shared, None, self._bits, self._order(step // self.per_epoch), step,
                        self._keys)
 
   def _host_batches(self):
     for step, *local in zip(range(self.start_step, self.num_steps),
                             *(ds.as_numpy_iterator() for ds in self._host)):
-      yield self._make([to_global(run, self.mesh) for run in local], step, self._keys)
+      yield self._make(self._shared, [to_global(run, self.mesh) for run in local], step,
+                       self._keys)
 
   def close(self):
     """Stop tf.data's threads now (left to the garbage collector, they held up the next run of a
@@ -250,51 +249,57 @@ class TrainBatches:
       self._batches.close()
 
 
-def resident_batch(data, bit_integers, order, step, key, *, batch_size: int, per_epoch: int,
-                   data_config):
-  """The global batch of `step` of one run from the device-resident split `data` {images uint8,
-  labels} and the run's `bit_integers` [N]: the examples at positions (step mod per_epoch)·B … +B
-  of the epoch's `order`, their two views and labels."""
-  index = jax.lax.dynamic_slice_in_dim(order, (step % per_epoch) * batch_size, batch_size)
-  images = data["images"][index].astype(jnp.float32) / 255.0
-  view1, view2 = views.two_views(key, step, images, images, bit_integers[index], data_config)
-  labels = {k: v[index] for k, v in data.items() if k != "images"}
-  return {"view1": view1, "view2": view2, "index": index, **labels}
+def device_batch(shared, host_batch, bit_integers, order, step, key, *, batch_size: int,
+                 per_epoch: int, data_config, scene, cropped: bool):
+  """The global batch {view1, view2, index, <label>...} of `step` of one run, on the device.
 
-
-def finish_host_batch(batch, step, key, *, data_config, cropped: bool):
-  """The two views of a global batch from `train_dataset` (image1/image2 not yet augmented)."""
-  batch = dict(batch)
-  view1, view2 = views.two_views(key, step, batch.pop("image1"), batch.pop("image2"),
-                                 batch.pop("bit_integer"), data_config, cropped=cropped)
+  Resident (`host_batch` None): the examples at positions (step mod per_epoch)·B … +B of the
+  epoch's `order`, read from `shared` {images (when needed), labels, scene}; `bit_integers` [N]
+  are the run's. Streamed: `host_batch` from `train_dataset` (image, or image1/image2 already
+  cropped). Then the scene of each view (`features.Scene`, keys `views.scene_keys`), the views
+  (`views.two_views`) and the bit planes."""
+  if host_batch is None:
+    index = jax.lax.dynamic_slice_in_dim(order, (step % per_epoch) * batch_size, batch_size)
+    batch = {"index": index, "bit_integer": bit_integers[index],
+             **{k: v[index] for k, v in shared["labels"].items()}}
+    if "images" in shared:
+      batch["image"] = shared["images"][index].astype(jnp.float32) / 255.0
+  else:
+    batch = dict(host_batch)
+  if cropped:
+    images1, images2 = batch.pop("image1"), batch.pop("image2")
+  else:
+    images1 = images2 = batch.pop("image", None)
+  if scene is not None:
+    keys = views.scene_keys(key, step, batch_size)
+    compose = functools.partial(features.compose_batch, scene, shared["scene"], images1,
+                                batch["index"], keys[:, 0])
+    (images1, scene_labels), (images2, _) = compose(keys[:, 1]), compose(keys[:, 2])
+    batch.update(scene_labels)
+  view1, view2 = views.two_views(key, step, images1, images2, batch.pop("bit_integer"),
+                                 data_config, cropped=cropped)
   return {"view1": view1, "view2": view2, **batch}
 
 
 def eval_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int, split_name: str,
                  batch_size: int, rows=None):
-  """(dataset, {label: number of classes}): un-augmented images (scene composed) and their
-  `bit_integer` (the planes are appended on the device: `views.append_bit_planes`), in split order, in batches of `batch_size` (the split padded to whole batches), with every
-  label to probe: the split's, the scene's and `bits` ([k] 0/1, when random_bits > 0), and
-  `valid` (False for the padding). Only the `rows` of every batch are produced (default all;
-  multi-host: `local_rows(mesh, batch_size)`), so a streamed split is read once over all
-  processes. Scenes are composed with seeds fixed per image."""
+  """(dataset, {label: number of classes}): the un-augmented images, their `index` and
+  `bit_integer` (the scene and the bit planes follow on the device: `EvalBatches`), in split
+  order, in batches of `batch_size` (the split padded to whole batches), with the split's labels,
+  `bits` ([k] 0/1, when random_bits > 0) and `valid` (False for the padding). Only the `rows` of
+  every batch are produced (default all; multi-host: `local_rows(mesh, batch_size)`), so a
+  streamed split is read once over all processes."""
   n, num_bits = len(split), data_config.random_bits
   padded = -(-n // batch_size) * batch_size
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   is_local_row = tf.constant(np.isin(np.arange(batch_size), rows))
   bit_ints = tf.constant(features.random_bit_integers(n, num_bits, seed, split_name))
-  scene, scene_classes = features.make_scene(data_config, split, train=False)
   with_records, image_of = _example_reader(split, data_config, len(rows))
 
   def prepare(element):
     index = element["index"]
     image = image_of(element)
     element.pop("encoded", None)
-    if scene is not None:
-      image_seed = tf.stack([tf.constant(seed + _EVAL_SALT[split_name], tf.int64),
-                             tf.cast(index, tf.int64)])
-      image, scene_labels = scene(image, index, image_seed, image_seed)
-      element.update(scene_labels)
     bits = tf.gather(bit_ints, index)
     if num_bits:
       element["bits"] = tf.bitwise.bitwise_and(
@@ -304,13 +309,56 @@ def eval_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int, sp
   ds = tf.data.Dataset.range(padded).filter(lambda p: tf.gather(is_local_row, p % batch_size))
   ds = ds.map(lambda p: {"index": tf.minimum(p, n - 1), "valid": p < n})
   ds = with_records(ds).map(prepare, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-  return ds.batch(len(rows)), {**split.num_classes, **scene_classes}
+  return ds.batch(len(rows)), dict(split.num_classes)
+
+
+def eval_keys(seed, split_name: str, index) -> jax.Array:
+  """[B] keys of the evaluation scenes of the images at `index` [B]: fixed per (seed, split,
+  image), so an image is composed the same way at every evaluation of every run with `seed`."""
+  base = jax.random.fold_in(jax.random.PRNGKey(seed), _EVAL_SALT[split_name])
+  return jax.vmap(lambda i: jax.random.fold_in(base, i))(index)
+
+
+class EvalBatches:
+  """Global evaluation batches {image, valid, index, <label>...} of `split` in split order (padded
+  to whole batches of `batch_size`, rows sharded over "data"): `eval_dataset` read on the host,
+  then on the device the scene (composed with `eval_keys`, its labels added) and the bit planes.
+  `num_classes`: {label: number of classes} of every label to probe."""
+
+  def __init__(self, split, data_config, *, seed: int, split_name: str, batch_size: int,
+               mesh: Mesh):
+    self.mesh = mesh
+    scene = features.make_scene(data_config, split, train=False)
+    self._dataset, self.num_classes = eval_dataset(split, data_config, seed=seed,
+                                                   split_name=split_name, batch_size=batch_size,
+                                                   rows=local_rows(mesh, batch_size))
+    self._arrays = {k: replicate(v, mesh) for k, v in scene.arrays.items()} if scene else {}
+    if scene:
+      self.num_classes.update(scene.num_classes)
+
+    def finish(arrays, batch):
+      batch = dict(batch)
+      image = batch.pop("image")
+      if scene is not None:
+        keys = eval_keys(seed, split_name, batch["index"])
+        image, labels = features.compose_batch(
+            scene, arrays, image if scene.uses_image else None, batch["index"], keys, keys)
+        batch.update(labels)
+      batch["image"] = views.append_bit_planes(image, batch.pop("bit_integer"),
+                                               data_config.random_bits)
+      return batch
+    self._finish = jax.jit(finish, out_shardings=batch_sharding(mesh))
+
+  def __iter__(self):
+    for local in self._dataset.as_numpy_iterator():
+      yield self._finish(self._arrays, to_global(local, self.mesh))
 
 
 def label_classes(split, data_config: ml_collections.ConfigDict) -> dict:
   """{label: number of classes} of the TRAINING examples (the online probes): the split's labels
   and those its scene adds."""
-  return {**split.num_classes, **features.make_scene(data_config, split, train=True)[1]}
+  scene = features.make_scene(data_config, split, train=True)
+  return {**split.num_classes, **(scene.num_classes if scene else {})}
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

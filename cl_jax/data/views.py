@@ -1,8 +1,9 @@
 """The two SimCLR views, made on the device by jitted pure functions (docs/method.md §3,
 docs/design.md "Data flow").
 
-Every augmentation exists once, here; the host (tf.data) only decodes, crops JPEGs at decode time
-(`augment.decode_random_resized_crop`) and composes the scenes. Images are float in [0, 1],
+Every augmentation exists once, here; the host (tf.data) only reads, decodes and crops JPEGs at
+decode time (`augment.decode_random_resized_crop`). Scenes (`features.Scene`) are composed on the
+device too, before augmentation, with keys from `scene_keys`. Images are float in [0, 1],
 [H, W, C]; a view is a pure function of (image, key), and the key of the example at global position
 g = step·B + row is fold_in(view_key(seed), g), so batches depend on (seed, step) only — not on the
 number of devices or processes — and a resumed run continues exactly.
@@ -19,6 +20,7 @@ import jax.numpy as jnp
 ASPECT_RANGE = (3 / 4, 4 / 3)
 CROP_ATTEMPTS = 100
 _VIEW_SALT = 0x5EED
+_SCENE_SALT = 0x5CE7E
 
 
 def view_key(seed) -> jax.Array:
@@ -30,6 +32,14 @@ def example_keys(key, step, batch_size: int) -> jax.Array:
   """[B, 2] keys of the two views of the examples at global positions step·B + row."""
   positions = step * batch_size + jnp.arange(batch_size)
   return jax.vmap(lambda g: jax.random.split(jax.random.fold_in(key, g)))(positions)
+
+
+def scene_keys(key, step, batch_size: int) -> jax.Array:
+  """[B, 3] keys (read, view 1, view 2) of the scenes of the examples at positions step·B + row:
+  the read key is shared by both views, each view has its own."""
+  positions = step * batch_size + jnp.arange(batch_size)
+  return jax.vmap(lambda g: jax.random.split(
+      jax.random.fold_in(jax.random.fold_in(key, g), _SCENE_SALT), 3))(positions)
 
 
 def crop_window(key, height: int, width: int, area_range, aspect_range=ASPECT_RANGE):

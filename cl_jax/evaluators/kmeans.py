@@ -6,6 +6,7 @@ map BEFORE global pooling, for each K in `clusters`; writes <workdir>/local_feat
 """
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from cl_jax import plots, spec
 from cl_jax.data import pipeline
@@ -34,16 +35,19 @@ def kmeans_segments(maps: np.ndarray, k: int, seed: int = 0) -> np.ndarray:
 
 def evaluate(context, cfg) -> dict:
   """Cluster the feature maps of the first `num_fit` test images (as composed for evaluation,
-  bit planes included) and plot the first `num_images`; one PNG per K. Every process computes
-  the maps (a jitted program); process 0 writes."""
-  config, split = context.config, context.test_split
-  ds, _ = pipeline.eval_dataset(split, config.data, seed=config.seed, split_name="test",
-                                batch_size=min(cfg.num_fit, len(split)))
-  images = next(ds.as_numpy_iterator())["image"]
+  bit planes included) and plot the first `num_images` (without their bit planes); one PNG per K.
+  Every process computes the maps (a jitted program); process 0 writes."""
+  config, split, mesh = context.config, context.test_split, context.mesh
+  batch = next(iter(pipeline.EvalBatches(
+      split, config.data, seed=config.seed, split_name="test", mesh=mesh,
+      batch_size=spec.round_up(min(cfg.num_fit, len(split)), mesh.devices.size))))
+  images = np.asarray(multihost_utils.process_allgather(batch["image"], tiled=True))
+  images = images[:min(cfg.num_fit, len(split))]
+  shown = images[:cfg.num_images, ..., :images.shape[-1] - config.data.random_bits]
   maps = feature_maps(context.model, context.variables, images)
   if jax.process_index() == 0:
     for k in cfg.clusters:
-      plots.plot_segments(images[:cfg.num_images],
+      plots.plot_segments(shown,
                           kmeans_segments(maps, k, config.seed)[:cfg.num_images], k,
                           context.workdir / f"local_features_k{k}.png")
   return {}
