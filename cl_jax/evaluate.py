@@ -48,33 +48,41 @@ def shard_rows(array: np.ndarray, mesh) -> jax.Array:
   return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
-def extract_features(model, variables, split, data_config, *, seed: int, split_name: str,
-                     batch_size: int, mesh) -> Features:
-  """`Features` of `split` (a `Split` or a `StreamingSplit`), computed batch by batch on the mesh
-  and concatenated on the devices.
+def extract_features(model, variables, split, data_config, *, seeds, split_name: str,
+                     batch_size: int, mesh) -> list:
+  """[`Features` of `split` for each run of a group]: `variables` carry a leading run axis (one
+  entry per seed in `seeds`); the split is read once and every batch is encoded for all runs by
+  one vmapped program, on the mesh, and concatenated on the devices.
 
   Each process reads only its devices' rows of every eval batch (`pipeline.EvalBatches`:
   scenes and bit planes are added on the device); images, labels and the valid mask are global
   arrays, so rows stay aligned with their labels whatever the order of processes in the mesh."""
   batch_size = spec.round_up(batch_size, mesh.devices.size)
-  rows_sharding = NamedSharding(mesh, PartitionSpec("data"))
 
   @jax.jit
+  @jax.vmap
   def encode(v, x):
     h, _, logits = model.apply(v, x, train=False)
     return h, {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
 
-  batches = pipeline.EvalBatches(split, data_config, seed=seed, split_name=split_name,
+  batches = pipeline.EvalBatches(split, data_config, seeds=seeds, split_name=split_name,
                                  batch_size=batch_size, mesh=mesh)
   label_names = ["valid", *batches.num_classes, *(["bits"] if data_config.random_bits else [])]
   outputs = []
   for batch in batches:
     outputs.append((*encode(variables, batch["image"]), {k: batch[k] for k in label_names}))
-  h, online, labels = jax.jit(lambda out: jax.tree.map(lambda *a: jnp.concatenate(a), *out),
-                              out_shardings=rows_sharding)(outputs)
-  valid = labels.pop("valid")
-  return Features(h=h, valid=valid, labels=labels, online=online,
-                  num_classes=batches.num_classes)
+
+  @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, PartitionSpec("data")))
+  def runs(out):  # concatenate the batches, then one tree per run with rows sharded
+    out = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *out)
+    return [jax.tree.map(lambda a, r=r: a[r], out) for r in range(len(seeds))]
+
+  features = []
+  for h, online, labels in runs(outputs):
+    valid = labels.pop("valid")
+    features.append(Features(h=h, valid=valid, labels=labels, online=online,
+                             num_classes=batches.num_classes))
+  return features
 
 
 @jax.jit
@@ -148,11 +156,14 @@ def online_probe_accuracy(test: Features) -> dict:
           for name, p in test.online.items() if name in test.labels}
 
 
-def extract_train_and_test(model, variables, train: Split, test: Split, config, mesh):
-  """`extract_features` of the train and test splits → (train Features, test Features)."""
-  extract = functools.partial(extract_features, model, variables, data_config=config.data,
-                              seed=config.seed, batch_size=config.eval.batch_size, mesh=mesh)
-  return extract(train, split_name="train"), extract(test, split_name="test")
+def extract_train_and_test(model, variables, train: Split, test: Split, configs, mesh) -> list:
+  """[(train Features, test Features) of each run]: `extract_features` of both splits for a
+  group of runs (`variables` with a leading run axis, one config per run; the configs share
+  their data, and the first one's eval.batch_size is used)."""
+  extract = functools.partial(extract_features, model, variables, data_config=configs[0].data,
+                              seeds=[c.seed for c in configs],
+                              batch_size=configs[0].eval.batch_size, mesh=mesh)
+  return list(zip(extract(train, split_name="train"), extract(test, split_name="test")))
 
 
 @functools.partial(jax.jit, static_argnames=("num_classes", "k", "chunk"))

@@ -242,7 +242,8 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
   ONE vmapped program: state, batches and hyperparameters carry a leading run axis, and every
   step advances every run. Each run keeps its own workdir, checkpoints (the same as a run of its
   own: a group may be resumed run by run and vice versa), TensorBoard events, evaluators and
-  eval.json; evaluation runs run after run. Returns each run's results.
+  eval.json; the frozen features of all runs are extracted together (`evaluators.GroupFeatures`),
+  the evaluators run run by run. Returns each run's results.
   """
   # ---- Checks, data and step counts (before anything compiles).
   mesh = create_mesh(devices)
@@ -299,12 +300,12 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
                  for c, w in zip(configs, workdirs)]
 
   def evaluate(step, state, last):
+    variables = {"params": state.params, "batch_stats": state.batch_stats}
+    group = evaluators.GroupFeatures(model, variables, train_split, test_split, configs, mesh)
     for run, (c, w) in enumerate(zip(configs, workdirs)):
       context = lambda run=run, c=c, w=w: evaluators.Context(
-          model=model, variables=run_slice({"params": state.params,
-                                            "batch_stats": state.batch_stats}, run),
-          train_split=train_split, test_split=test_split, config=c, mesh=mesh, workdir=w,
-          step=step)
+          model=model, variables=run_slice(variables, run), train_split=train_split,
+          test_split=test_split, config=c, mesh=mesh, workdir=w, step=step, group=group, run=run)
       evaluations[run].run(step, last, context, writers[run])
 
   def save(step, state, finite):

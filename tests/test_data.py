@@ -124,24 +124,33 @@ def test_local_rows_follow_the_mesh_order():
   assert list(pipeline.local_rows(reversed_mesh, 16)) == list(range(16))
 
 
+def eval_batches(split, data_config, seeds, devices=None):
+  """The evaluation batches of `split` for runs with `seeds`, as host numpy arrays [R, B, ...]."""
+  return [jax.device_get(b) for b in pipeline.EvalBatches(
+      split, data_config, seeds=seeds, split_name="test", batch_size=96,
+      mesh=train.create_mesh(devices))]
+
+
 def test_eval_images_are_unaugmented_with_their_bits(data_config):
   split = sources.load(data_config, "test")
-  ds, num_classes = pipeline.eval_dataset(split, data_config, seed=0, split_name="test",
-                                         batch_size=100)
+  ds, num_classes = pipeline.eval_dataset(split, data_config, batch_size=100)
   assert num_classes == {"label": 10}
-  batches = list(ds.as_numpy_iterator())
-  images = np.concatenate([b["image"] for b in batches])
-  valid = np.concatenate([b["valid"] for b in batches])
-  assert images.shape[0] == 500 and valid.sum() == len(split)
-  bit_integers = np.concatenate([b["bit_integer"] for b in batches])[valid]
-  np.testing.assert_array_equal(bit_integers,
-                                features.random_bit_integers(len(split), 7, 0, "test"))
-  np.testing.assert_allclose(images[valid], split.images / 255.0, atol=1e-6)
-  bits = np.concatenate([b["bits"] for b in batches])[valid]
-  np.testing.assert_array_equal(bits, features.bit_labels(
-      features.random_bit_integers(len(split), 7, 0, "test"), 7))
-  labels = np.concatenate([b["label"] for b in batches])[valid]
-  np.testing.assert_array_equal(labels, split.labels["label"])
+  assert not {"bits", "bit_integer"} & set(next(ds.as_numpy_iterator()))  # seed-free on the host
+  batches = eval_batches(split, data_config, seeds=[0, 3])
+  cat = lambda k: np.concatenate([b[k] for b in batches], axis=1)
+  images, valid = cat("image"), cat("valid")[0]
+  assert images.shape[:2] == (2, 480) and valid.sum() == len(split)
+  for run, seed in enumerate([0, 3]):
+    bit_integers = features.random_bit_integers(len(split), 7, seed, "test")
+    np.testing.assert_allclose(images[run][valid][..., :1], split.images / 255.0, atol=1e-6)
+    np.testing.assert_array_equal(decode_bits(images[run][valid], 1, 7), bit_integers)
+    np.testing.assert_array_equal(cat("bits")[run][valid], features.bit_labels(bit_integers, 7))
+    np.testing.assert_array_equal(cat("label")[run][valid], split.labels["label"])
+  # One device or eight: the same batches.
+  one_device = eval_batches(split, data_config, seeds=[0, 3], devices=jax.devices()[:1])
+  for a, b in zip(batches, one_device):
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k])
 
 
 def test_zero_bits_adds_no_channel(data_config):
@@ -206,9 +215,7 @@ def test_augmented_views_of_the_test_split_carry_the_test_bits(data_config):
   be the test images' bits, the same ones evaluation probes (not the train split's)."""
   split = sources.load(data_config, "test")
   views, = device_batches(split, data_config, split_name="test")
-  ds, _ = pipeline.eval_dataset(split, data_config, seed=0, split_name="test",
-                                batch_size=len(split))
-  eval_bits = next(ds.as_numpy_iterator())["bits"]
+  eval_bits = np.concatenate([b["bits"][0] for b in eval_batches(split, data_config, [0])])
   k = data_config.random_bits
   want = (eval_bits[views["index"]].astype(np.int64) << np.arange(k)).sum(-1)
   for view in ("view1", "view2"):

@@ -93,3 +93,31 @@ def test_sharded_probe_and_knn_equal_the_single_device_computation():
   np.testing.assert_allclose(results[1][0]["label"], expected, atol=1 / 37 + 1e-6)
   assert results[8][1] == results[1][1]
   assert 0.6 < results[1][0]["label"] <= 1.0
+
+
+def test_group_features_equal_each_run_extracted_alone(digits_config):
+  """A vmapped group's evaluation reads the data once and encodes it for every run: each run's
+  features, labels (its own random bits) and online predictions equal its extraction alone."""
+  from cl_jax import models, train  # pylint: disable=g-import-not-at-top
+  from cl_jax.data import pipeline, sources  # pylint: disable=g-import-not-at-top
+  config = digits_config
+  config.data.random_bits = 3
+  split = sources.load(config.data, "test")
+  model = models.create_model(config.model, pipeline.label_classes(split, config.data))
+  shape = (1, config.data.image_size, config.data.image_size, 1 + 3)
+  runs = [model.init(jax.random.PRNGKey(s), jnp.zeros(shape), train=False) for s in (0, 1)]
+  mesh = train.create_mesh()
+  extract = lambda variables, seeds: evaluate.extract_features(
+      model, jax.tree.map(lambda *a: jnp.stack(a), *variables), split, config.data, seeds=seeds,
+      split_name="test", batch_size=96, mesh=mesh)
+  group = extract(runs, [0, 5])
+  for run, (variables, seed) in enumerate(zip(runs, (0, 5))):
+    alone, = extract([variables], [seed])
+    np.testing.assert_allclose(group[run].h, alone.h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(group[run].valid, alone.valid)
+    for name in alone.labels:
+      np.testing.assert_array_equal(group[run].labels[name], alone.labels[name])
+    for name in alone.online:
+      np.testing.assert_array_equal(group[run].online[name], alone.online[name])
+  assert not np.array_equal(group[0].labels["bits"], group[1].labels["bits"])  # their own bits
+  assert not np.allclose(group[0].h, group[1].h)

@@ -76,9 +76,10 @@ def test_digits_on_streamed_backgrounds(config):
     host = _batches(split, config.data, steps=1)[0]
     batch = jax.device_get(next(iter(pipeline.TrainBatches(
         split, config.data, seeds=[0], batch_size=16, start_step=0, num_steps=1, mesh=mesh))))
-    test = pipeline.EvalBatches(sources.load(config.data, "test"), config.data, seed=0,
+    test = pipeline.EvalBatches(sources.load(config.data, "test"), config.data, seeds=[0],
                                 split_name="test", batch_size=16, mesh=mesh)
     classes, test = test.num_classes, jax.device_get(next(iter(test)))
+    test = {k: v[0] for k, v in test.items()}  # the one run
   assert host["image"].shape == (16, 16, 16, 3) and "digit" not in host
   assert batch["view1"].shape == (1, 16, 16, 16, 3 + 3) and set(batch["digit"][0]) <= set(range(10))
   assert classes["digit"] == 10 and test["image"].shape == (16, 16, 16, 3 + 3)
@@ -105,9 +106,8 @@ def test_jpeg_crop_is_decoded_in_one_op_equal_to_decode_then_crop():
 def test_streamed_eval_batches_are_the_rows_of_the_whole_batch(config):
   with tfds.testing.mock_data(num_examples=40):
     split = sources.load(config.data, "test")
-    make = lambda rows: list(pipeline.eval_dataset(
-        split, config.data, seed=0, split_name="test", batch_size=16,
-        rows=rows)[0].as_numpy_iterator())
+    make = lambda rows: list(pipeline.eval_dataset(split, config.data, batch_size=16,
+                                                   rows=rows)[0].as_numpy_iterator())
     whole = make(None)
     halves = [make(np.arange(p, 16, 2)) for p in range(2)]
     labels = [int(split.source[i]["label"]) for i in range(40)]

@@ -281,30 +281,22 @@ def device_batch(shared, host_batch, bit_integers, order, step, key, *, batch_si
   return {"view1": view1, "view2": view2, **batch}
 
 
-def eval_dataset(split, data_config: ml_collections.ConfigDict, *, seed: int, split_name: str,
-                 batch_size: int, rows=None):
-  """(dataset, {label: number of classes}): the un-augmented images, their `index` and
-  `bit_integer` (the scene and the bit planes follow on the device: `EvalBatches`), in split
-  order, in batches of `batch_size` (the split padded to whole batches), with the split's labels,
-  `bits` ([k] 0/1, when random_bits > 0) and `valid` (False for the padding). Only the `rows` of
-  every batch are produced (default all; multi-host: `local_rows(mesh, batch_size)`), so a
-  streamed split is read once over all processes."""
-  n, num_bits = len(split), data_config.random_bits
+def eval_dataset(split, data_config: ml_collections.ConfigDict, *, batch_size: int, rows=None):
+  """(dataset, {label: number of classes}): the un-augmented images and their `index` in split
+  order, in batches of `batch_size` (the split padded to whole batches), with the split's labels
+  and `valid` (False for the padding); the scene, the random bits and their planes follow on the
+  device (`EvalBatches`). Only the `rows` of every batch are produced (default all; multi-host:
+  `local_rows(mesh, batch_size)`), so a streamed split is read once over all processes."""
+  n = len(split)
   padded = -(-n // batch_size) * batch_size
   rows = np.arange(batch_size) if rows is None else np.asarray(rows)
   is_local_row = tf.constant(np.isin(np.arange(batch_size), rows))
-  bit_ints = tf.constant(features.random_bit_integers(n, num_bits, seed, split_name))
   with_records, image_of = _example_reader(split, data_config, len(rows))
 
   def prepare(element):
-    index = element["index"]
     image = image_of(element)
     element.pop("encoded", None)
-    bits = tf.gather(bit_ints, index)
-    if num_bits:
-      element["bits"] = tf.bitwise.bitwise_and(
-          tf.bitwise.right_shift(bits[None], tf.range(num_bits)), 1)
-    return {**element, "index": tf.cast(index, tf.int32), "image": image, "bit_integer": bits}
+    return {**element, "index": tf.cast(element["index"], tf.int32), "image": image}
 
   ds = tf.data.Dataset.range(padded).filter(lambda p: tf.gather(is_local_row, p % batch_size))
   ds = ds.map(lambda p: {"index": tf.minimum(p, n - 1), "valid": p < n})
@@ -320,38 +312,48 @@ def eval_keys(seed, split_name: str, index) -> jax.Array:
 
 
 class EvalBatches:
-  """Global evaluation batches {image, valid, index, <label>...} of `split` in split order (padded
-  to whole batches of `batch_size`, rows sharded over "data"): `eval_dataset` read on the host,
-  then on the device the scene (composed with `eval_keys`, its labels added) and the bit planes.
-  `num_classes`: {label: number of classes} of every label to probe."""
+  """Global evaluation batches of `split` for a group of runs with `seeds`, in split order (padded
+  to whole batches of `batch_size`): {image [R, B, H, W, C + random_bits], valid, index,
+  <label>... [R, B], bits [R, B, k]}, each run's rows sharded over "data". `eval_dataset` is read
+  once on the host for the whole group; on the device each run's scene is composed with its
+  `eval_keys` and its random bits (`features.random_bit_integers` of its seed and the split) are
+  appended as planes and as the `bits` labels (when random_bits > 0). `num_classes`:
+  {label: number of classes} of the split's and the scene's labels."""
 
-  def __init__(self, split, data_config, *, seed: int, split_name: str, batch_size: int,
+  def __init__(self, split, data_config, *, seeds, split_name: str, batch_size: int,
                mesh: Mesh):
     self.mesh = mesh
+    num_bits = data_config.random_bits
     scene = features.make_scene(data_config, split, train=False)
-    self._dataset, self.num_classes = eval_dataset(split, data_config, seed=seed,
-                                                   split_name=split_name, batch_size=batch_size,
+    self._dataset, self.num_classes = eval_dataset(split, data_config, batch_size=batch_size,
                                                    rows=local_rows(mesh, batch_size))
     self._arrays = {k: replicate(v, mesh) for k, v in scene.arrays.items()} if scene else {}
+    self._bits = replicate(np.stack([features.random_bit_integers(len(split), num_bits, seed,
+                                                                  split_name) for seed in seeds]),
+                           mesh)
+    self._seeds = replicate(np.asarray(seeds, np.int32), mesh)
     if scene:
       self.num_classes.update(scene.num_classes)
 
-    def finish(arrays, batch):
+    def finish(arrays, bit_integers, seed, batch):  # one run
       batch = dict(batch)
-      image = batch.pop("image")
+      image, index = batch.pop("image"), batch["index"]
       if scene is not None:
-        keys = eval_keys(seed, split_name, batch["index"])
+        keys = eval_keys(seed, split_name, index)
         image, labels = features.compose_batch(
-            scene, arrays, image if scene.uses_image else None, batch["index"], keys, keys)
+            scene, arrays, image if scene.uses_image else None, index, keys, keys)
         batch.update(labels)
-      batch["image"] = views.append_bit_planes(image, batch.pop("bit_integer"),
-                                               data_config.random_bits)
+      bit_integer = bit_integers[index]
+      if num_bits:
+        batch["bits"] = (bit_integer[:, None] >> jnp.arange(num_bits)) & 1
+      batch["image"] = views.append_bit_planes(image, bit_integer, num_bits)
       return batch
-    self._finish = jax.jit(finish, out_shardings=batch_sharding(mesh))
+    self._finish = jax.jit(jax.vmap(finish, in_axes=(None, 0, 0, None)),
+                           out_shardings=run_batch_sharding(mesh))
 
   def __iter__(self):
     for local in self._dataset.as_numpy_iterator():
-      yield self._finish(self._arrays, to_global(local, self.mesh))
+      yield self._finish(self._arrays, self._bits, self._seeds, to_global(local, self.mesh))
 
 
 def label_classes(split, data_config: ml_collections.ConfigDict) -> dict:

@@ -61,9 +61,28 @@ def check(evals_config):
         spec.check_value(f"evals.{name}.{field}", cfg[field], check_field)
 
 
+class GroupFeatures:
+  """The frozen features of every run of a group at one step, extracted together on first use:
+  the data is read once and encoded for all runs by one vmapped program
+  (`evaluate.extract_train_and_test`). `variables` carry a leading run axis."""
+
+  def __init__(self, model, variables, train_split, test_split, configs, mesh):
+    self._extract = lambda: evaluation.extract_train_and_test(
+        model, variables, train_split, test_split, configs, mesh)
+    self._features = None
+
+  def __call__(self, run: int):
+    """(train, test) `evaluate.Features` of run `run`."""
+    if self._features is None:
+      self._features = self._extract()
+    return self._features[run]
+
+
 @dataclasses.dataclass
 class Context:
-  """What an evaluator reads at one step."""
+  """What an evaluator reads at one step: one run's model variables, data, config, mesh, workdir
+  and step. `group` (with this run's index `run`) shares the feature extraction with the other
+  runs of a vmapped group; without it the context extracts this run's features alone."""
   model: Any
   variables: Any
   train_split: Any
@@ -72,14 +91,18 @@ class Context:
   mesh: Any
   workdir: Any
   step: int
-  _features: Any = dataclasses.field(default=None, repr=False)
+  group: Optional[GroupFeatures] = None
+  run: int = 0
+
+  def __post_init__(self):
+    if self.group is None:
+      self.group = GroupFeatures(self.model, jax.tree.map(lambda a: a[None], self.variables),
+                                 self.train_split, self.test_split, [self.config], self.mesh)
+      self.run = 0
 
   def features(self):
     """(train, test) `evaluate.Features` of the un-augmented images, extracted once."""
-    if self._features is None:
-      self._features = evaluation.extract_train_and_test(
-          self.model, self.variables, self.train_split, self.test_split, self.config, self.mesh)
-    return self._features
+    return self.group(self.run)
 
 
 class Evaluations:

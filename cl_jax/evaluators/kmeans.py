@@ -39,9 +39,9 @@ def evaluate(context, cfg) -> dict:
   Every process computes the maps (a jitted program); process 0 writes."""
   config, split, mesh = context.config, context.test_split, context.mesh
   batch = next(iter(pipeline.EvalBatches(
-      split, config.data, seed=config.seed, split_name="test", mesh=mesh,
+      split, config.data, seeds=[config.seed], split_name="test", mesh=mesh,
       batch_size=spec.round_up(min(cfg.num_fit, len(split)), mesh.devices.size))))
-  images = np.asarray(multihost_utils.process_allgather(batch["image"], tiled=True))
+  images = np.asarray(multihost_utils.process_allgather(batch["image"][0], tiled=True))
   images = images[:min(cfg.num_fit, len(split))]
   shown = images[:cfg.num_images, ..., :images.shape[-1] - config.data.random_bits]
   maps = feature_maps(context.model, context.variables, images)
