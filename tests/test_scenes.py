@@ -214,6 +214,8 @@ def test_feature_configs_train_end_to_end(name, labels, tmp_path, small):
   import jax
   from cl_jax import train
   config = small(importlib.import_module(f"configs.{name}").get_config(), 3)
+  for evaluator in ("embeddings", "metrics"):  # tested on the default config (test_train)
+    del config.evals[evaluator]
   result = train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
   assert set(result["linear_eval"]) == labels
   for k in config.evals.get("kmeans", {}).get("clusters", ()):
