@@ -1,9 +1,11 @@
-"""Two-view tf.data pipeline and the hand-off to global jax arrays (docs/design.md "Data flow").
+"""Global training and evaluation batches, made on the device; tf.data where data is streamed
+(docs/design.md "Data flow").
 
 Determinism: the example at global position g = step·B + row is a pure function of
 (seed, g): epoch e = step // steps_per_epoch is a seeded permutation of the split
-(`tf.random.experimental.index_shuffle`, dropping the remainder), and the two views use stateless
-random ops seeded by (seed, g). Hence the global batches do not depend on the number of devices or
+(`tf.random.experimental.index_shuffle`, dropping the remainder), and its scene and two views use
+keys from (seed, g) (`views.example_keys`, `views.scene_keys`; the host's JPEG crops stateless tf
+ops seeded by (seed, g)). Hence the global batches do not depend on the number of devices or
 processes, and a run resumed at step s reads exactly what an uninterrupted run reads from step s on.
 
 Multi-host: each process reads only the rows of every global batch that its own devices hold
