@@ -8,7 +8,8 @@ benchmarks) and of the Colab notebook.
 - joins a multi-process job with `jax.distributed.initialize()` when the environment says so
   (`distributed=True`, e.g. Cloud TPU pods and SLURM where it detects itself, or
   JAX_NUM_PROCESSES set, as launch/local_cluster.py does);
-- otherwise, on a CPU, makes one JAX device per core (`hosts.use_cpu_cores`).
+- otherwise, on a CPU, makes one JAX device per core (`hosts.use_cpu_cores`), and keeps XLA's
+  compiled programs in a persistent cache (`use_compilation_cache`).
 
 `run(main)`: `absl.app.run(main)` with the exit statuses every entry point shares:
 0 done (also after a requested --help, where absl would exit 1); 1 bad input or a diverged run
@@ -48,6 +49,26 @@ def hide_accelerators_from_tensorflow():
   tf.config.set_visible_devices([], "GPU")
 
 
+def use_compilation_cache() -> Optional[str]:
+  """Keep the compiled programs in JAX's persistent compilation cache, so that a rerun (the quick
+  start again, a sweep's next run of a shape after a restart) loads them instead of compiling:
+  the quick start took 27 s with the cache warm against 37 s without (2 CPU cores). The folder
+  is $XDG_CACHE_HOME/cl_jax/xla (default ~/.cache/cl_jax/xla); returns it, or None when left
+  off: CL_JAX_COMPILATION_CACHE=0, or JAX_COMPILATION_CACHE_DIR already set (JAX then uses that
+  folder itself). Only single-process jobs use it: processes sharing a host would write the
+  same files."""
+  if os.environ.get("CL_JAX_COMPILATION_CACHE") == "0" or os.environ.get(
+      "JAX_COMPILATION_CACHE_DIR"):
+    return None
+  import jax  # pylint: disable=g-import-not-at-top
+  root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  folder = os.path.join(root, "cl_jax", "xla")
+  jax.config.update("jax_compilation_cache_dir", folder)
+  if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+  return folder
+
+
 def setup(batch_size: Optional[int] = None, distributed: bool = False):
   """Set up this process (see the module docstring). `batch_size`: the global batch, which the
   CPU device count must divide (None: leave the CPU as one device)."""
@@ -56,8 +77,10 @@ def setup(batch_size: Optional[int] = None, distributed: bool = False):
   hide_accelerators_from_tensorflow()
   if distributed or "JAX_NUM_PROCESSES" in os.environ:
     hosts.initialize_distributed()
-  elif batch_size:
-    hosts.use_cpu_cores(batch_size)
+  else:
+    if batch_size:
+      hosts.use_cpu_cores(batch_size)
+    use_compilation_cache()
   import jax  # pylint: disable=g-import-not-at-top
   logging.info("JAX %s: process %d of %d, %d device(s) in all (%s)", jax.__version__,
                jax.process_index(), jax.process_count(), jax.device_count(),

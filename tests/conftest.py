@@ -26,6 +26,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # cwd of the
 sys.path.insert(0, REPO)  # for `import configs...`
 
 
+# Tests never write JAX's persistent compilation cache into the home folder (cl_jax.cli.setup
+# would); tests/test_parallel.py checks the cache in a folder of its own.
+os.environ["CL_JAX_COMPILATION_CACHE"] = "0"
+
+
 def subprocess_env() -> dict:
   """The environment for a cl_jax command run by a test: FAST_COMPILE, CPU, and the command's own
   CPU device count (cl_jax.main: one per core, hosts.use_cpu_cores)."""

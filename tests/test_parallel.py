@@ -87,3 +87,25 @@ def test_use_cpu_cores_splits_the_cpu_unless_the_count_is_chosen(case):
     assert returned == devices == expected
   else:
     assert returned == 0 and devices == (1 if case == "started" else 3)
+
+
+def test_entry_points_keep_compiled_programs_in_a_persistent_cache(tmp_path):
+  """cli.setup turns on JAX's persistent compilation cache in $XDG_CACHE_HOME/cl_jax/xla: a
+  compiled program lands there; CL_JAX_COMPILATION_CACHE=0 and multi-process jobs leave it off."""
+  script = ("import jax, jax.numpy as jnp; from cl_jax import cli; cli.setup(8); "
+            "jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).block_until_ready(); "
+            "print('CACHE', jax.config.jax_compilation_cache_dir)")
+  folder = tmp_path / "cl_jax" / "xla"
+  for switch, expected in (("1", str(folder)), ("0", "None")):
+    env = {**subprocess_env(), "XDG_CACHE_HOME": str(tmp_path), "CL_JAX_COMPILATION_CACHE": switch,
+           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"CACHE {expected}" in done.stdout
+    if switch == "1":
+      assert any(folder.iterdir())  # the compiled program
+      entries = len(list(folder.iterdir()))
+    else:
+      assert len(list(folder.iterdir())) == entries  # nothing new written
