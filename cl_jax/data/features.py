@@ -7,6 +7,7 @@ are concatenated after the image channels AFTER augmentation (on the device:
 and evaluation images carry them too. The input then has C + k channels. We draw b from a seeded generator indexed by the image's position in its split (the
 colab hashes the image bytes; docs/method.md §2.1 allows any stable per-image hash).
 """
+import collections
 import dataclasses
 from typing import Callable, Mapping, Optional
 
@@ -202,9 +203,24 @@ SCENE_CONFIGS = {"digits_on_images": "digits_on_images.py", "multidigits": "mult
                  "digit_sizes": "digit_sizes.py", "backgrounds": "backgrounds.py"}
 
 
+_RECENT_SCENES = collections.OrderedDict()  # (id(split), data config, train) → (split, scene)
+
+
 def make_scene(data_config, split, train: bool) -> Optional[Scene]:
   """The `Scene` of `data.scene` (None for 'none'); `split` is the data being read (its images are
-  the backgrounds for digits_on_images, the digits otherwise)."""
+  the backgrounds for digits_on_images, the digits otherwise). The last few are kept: training,
+  the label classes and every evaluation of a run ask for the same scenes, and building one
+  loads and resizes its digits."""
+  key = (id(split), data_config.to_json(), train)
+  if key not in _RECENT_SCENES:
+    _RECENT_SCENES[key] = (split, _build_scene(data_config, split, train))  # split: keeps its id
+    while len(_RECENT_SCENES) > 4:
+      _RECENT_SCENES.popitem(last=False)
+  _RECENT_SCENES.move_to_end(key)
+  return _RECENT_SCENES[key][1]
+
+
+def _build_scene(data_config, split, train: bool) -> Optional[Scene]:
   import ml_collections  # pylint: disable=g-import-not-at-top
   from cl_jax.data import sources  # pylint: disable=g-import-not-at-top
   name = data_config.get("scene", "none")
