@@ -1,4 +1,5 @@
 """The device views (cl_jax/data/views.py) against TensorFlow's ops and the configured ranges."""
+import dm_pix as pix
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -79,7 +80,6 @@ def test_flips_at_rate_one_half_and_full_area_crop_is_the_identity():
 
 def test_colour_ops_are_tensorflows():
   image = np.random.default_rng(1).random((8, 8, 3)).astype(np.float32)
-  import dm_pix as pix  # pylint: disable=g-import-not-at-top
   pairs = [(pix.adjust_brightness(image, 0.2), tf.image.adjust_brightness(image, 0.2)),
            (pix.adjust_contrast(image, 1.3), tf.image.adjust_contrast(image, 1.3)),
            (pix.adjust_saturation(image, 0.6), tf.image.adjust_saturation(image, 0.6)),
@@ -88,6 +88,30 @@ def test_colour_ops_are_tensorflows():
             tf.tile(tf.image.rgb_to_grayscale(image), [1, 1, 3]))]
   for ours, theirs in pairs:
     np.testing.assert_allclose(ours, theirs, atol=2e-4)
+
+
+def test_colour_jitter_is_the_four_dm_pix_ops_in_its_random_order():
+  """The vmapped jitter (one HSV round trip per position) equals applying dm-pix's brightness,
+  contrast, saturation and hue ops one by one in the permutation its key draws."""
+  def one_by_one(key, image, strength):
+    k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
+    b, h = 0.8 * strength, 0.2 * strength
+    u = lambda k, lo, hi: jax.random.uniform(k, minval=lo, maxval=hi)
+    ops = [lambda x: pix.adjust_brightness(x, u(k_b, -b, b)),
+           lambda x: pix.adjust_contrast(x, u(k_c, 1 - b, 1 + b)),
+           lambda x: pix.adjust_saturation(x, u(k_s, 1 - b, 1 + b)),
+           lambda x: pix.adjust_hue(x, u(k_h, -h, h))]
+    for op in np.asarray(jax.random.permutation(k_order, 4)):
+      image = jnp.clip(ops[int(op)](image), 0.0, 1.0)
+    return image
+
+  image = jnp.asarray(np.random.default_rng(5).random((12, 12, 3)), jnp.float32)
+  keys = jax.random.split(jax.random.PRNGKey(4), 40)
+  ours = jax.jit(jax.vmap(lambda k: views.color_jitter(k, image, 0.8)))(keys)
+  expected = np.stack([one_by_one(k, image, 0.8) for k in keys])
+  np.testing.assert_allclose(ours, expected, atol=1e-5)
+  orders = {tuple(np.asarray(jax.random.permutation(jax.random.split(k, 5)[0], 4))) for k in keys}
+  assert len(orders) > 10  # many orders exercised
 
 
 def test_colour_jitter_stays_in_range_and_changes_the_views():
