@@ -1,13 +1,19 @@
 """The sweep runner's grid, overrides, seeds and report."""
+import copy
+import importlib
 import json
+import pathlib
+import re
 
 import numpy as np
 import pytest
+import yaml
 from absl import flags
 
-from cl_jax import paths, plots, train
+from cl_jax import paths, plots, train, validate
 from cl_jax.analysis import results_doc, sweep
 from configs import simclr_randbit
+from tests.conftest import REPO, SMALL
 
 SPEC = {"axes": {"loss": {"a": {"loss.temperature": 0.1}, "b": {"loss.temperature": 0.5}},
                  "bits": {"0": {"data.random_bits": 0}, "5": {"data.random_bits": 5}}},
@@ -136,3 +142,59 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
   # s = 2, 4, so the peak is the last point, at step 4), and the plot copied beside them.
   assert "| a_5 | 0.810 ± 0.010 (step 4) → 0.810 ± 0.010 |" in text
   assert (docs / "sweep_curves.png").stat().st_size > 1000
+
+
+SWEEP_FILES = sorted((pathlib.Path(REPO) / "configs" / "sweeps").glob("*.json"))
+
+
+def sweep_command(spec: dict):
+  """The base config and its command-line overrides named by a sweep file's "Run: python -m
+  cl_jax.analysis.sweep ..." line."""
+  command = re.search(r"Run[^:]*: python -m cl_jax\.analysis\.sweep (.*)$", spec["description"])
+  assert command, "the description ends with the command that runs the sweep"
+  args = dict(arg[2:].split("=", 1) for arg in command.group(1).split())
+  path, _, variant = args.pop("config").partition(":")
+  module = path.removeprefix("configs/").removesuffix(".py")
+  config = importlib.import_module(f"configs.{module}").get_config(variant or None)
+  overrides = {k.removeprefix("config."): yaml.safe_load(v) for k, v in args.items()
+               if k.startswith("config.")}  # typed as absl's config flags parse them
+  return config, overrides, args
+
+
+@pytest.mark.parametrize("path", SWEEP_FILES, ids=lambda p: p.stem)
+def test_every_sweep_file_runs_valid_configs_and_says_how_to_run_it(path):
+  spec_ = json.loads(path.read_text())
+  base, overrides, args = sweep_command(spec_)
+  assert args["sweep"] == f"configs/sweeps/{path.name}"
+  assert not re.search(r"\bissue \d", spec_["description"], re.I)  # cites nothing outside the repo
+  for _, _, point in sweep.grid(spec_):
+    config = copy.deepcopy(base)
+    sweep.apply_overrides(config, overrides)
+    sweep.apply_overrides(config, point)
+    validate.check_config(config, num_devices=1)
+
+
+def test_long_class_collapse_sweep_smoke_run(tmp_path):
+  """The class-collapse-vs-embedding-size sweep end to end (real training), its steps scaled down
+  500×: SCL at the smallest embedding size, one seed (the t-SNE and metrics evaluators off); the
+  run has its probe curve every `evals.curve.every_steps` and the report its curves.png."""
+  spec_ = json.loads((pathlib.Path(REPO) / "configs/sweeps/class_collapse_embedding.json")
+                     .read_text())
+  assert spec_["overrides"]["train.num_steps"] >= 10 * 200  # ≥ 4× the 500-step sweep
+  spec_["axes"] = {"loss": {"scl": spec_["axes"]["loss"]["scl"]},
+                   "embed_dim": {"4": spec_["axes"]["embed_dim"]["4"]}}
+  spec_["overrides"].update({**SMALL, "train.num_steps": 4, "train.log_every_steps": 2,
+                             "train.checkpoint_every_steps": 2, "evals.curve.every_steps": 2,
+                             "evals.embeddings.at_end": False, "evals.metrics.at_end": False})
+  spec_path = tmp_path / "spec.json"
+  spec_path.write_text(json.dumps(spec_))
+  flags.FLAGS.unparse_flags()
+  sweep.main(flags.FLAGS(["sweep", "--config=configs/supcon_joint.py", f"--sweep={spec_path}",
+                          f"--workdir={tmp_path / 'sweep'}", "--metric=subclass", "--seeds=1"]))
+  rows = json.loads((tmp_path / "sweep" / "results.json").read_text())
+  (row,) = rows
+  (run,) = row["runs"]
+  assert row["name"] == "scl_4" and "metrics" not in run
+  assert [point["step"] for point in run["curve"]] == [2, 4]
+  assert set(run["curve"][0]) >= {"label", "subclass", "bits"}
+  assert (tmp_path / "sweep" / "curves.png").stat().st_size > 1000
