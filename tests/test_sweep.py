@@ -134,7 +134,9 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
   docs = tmp_path / "docs" / "results"
   results_doc.add(tmp_path / "sweep", paths.workdir_path(docs))
   (docs / "sweep.md").write_text("Commentary.")
+  (docs / "findings.md").write_text("- Bits suppress the digit (sweep).")
   text = results_doc.render(paths.workdir_path(docs))
+  assert text.index("## Findings\n\n- Bits suppress the digit (sweep).") < text.index("## sweep")
   assert "## sweep" in text and "4 points × 3 seeds = 12 runs" in text
   assert "| a | 5 | 0.810 ± 0.010 (3) | 0.310 ± 0.010 (3) |" in text
   assert "| a | 0.410 ± 0.010 | 0.310 ± 0.010 |" in text and text.rstrip().endswith("Commentary.")

@@ -8,7 +8,9 @@ cl_jax.analysis.sweep) into docs/results/<DIR's name>.json; a simulator run's DI
 (cl_jax.theory) the same way. docs/results.md is then written from
 every docs/results/*.json: per sweep its description, the exact command, devices, date and wall
 time, the table of mean ± std over seeds (and the paper's layout for two-axis sweeps), and the
-hand-written commentary in docs/results/<name>.md when there is one.
+hand-written commentary in docs/results/<name>.md when there is one. A hand-written
+docs/results/findings.md (each finding with its numbers and the section they come from) opens the
+page.
 """
 import os
 
@@ -134,6 +136,9 @@ def claim_one_table(records) -> str:
 def render(results_dir) -> str:
   names = sorted(p.name[:-5] for p in results_dir.glob("*.json"))
   parts = [HEADER]
+  findings = results_dir / "findings.md"
+  if findings.exists():
+    parts.append("## Findings\n\n" + findings.read_text().strip() + "\n")
   theory_runs = [r for r in (paths.read_json(results_dir / f"{n}.json") for n in names)
                  if r.get("kind") == "theory"]
   if len(theory_runs) > 1:
