@@ -33,8 +33,10 @@ from cl_jax.data.sources import Split
 
 @dataclasses.dataclass
 class Features:
-  """Encoder features of one split in split order, padded to whole eval batches."""
+  """Encoder features (and embeddings) of one split in split order, padded to whole eval
+  batches."""
   h: jax.Array                      # [N_pad, D] float32, rows sharded over "data"
+  z: jax.Array                      # [N_pad, E] the embedding z/‖z‖ the loss sees (head output)
   valid: jax.Array                  # [N_pad] bool, rows sharded: False for the padding
   labels: Mapping[str, jax.Array]   # name → [N_pad] int32 (bits: [N_pad, k]), rows sharded
   online: Mapping[str, jax.Array]   # name → [N_pad] the online probe's predicted class
@@ -62,8 +64,9 @@ def extract_features(model, variables, split, data_config, *, seeds, split_name:
   @jax.jit
   @jax.vmap
   def encode(v, x):
-    h, _, logits = model.apply(v, x, train=False)
-    return h, {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
+    h, z, logits = model.apply(v, x, train=False)
+    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
+    return h, z, {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
 
   batches = pipeline.EvalBatches(split, data_config, seeds=seeds, split_name=split_name,
                                  batch_size=batch_size, mesh=mesh)
@@ -78,9 +81,9 @@ def extract_features(model, variables, split, data_config, *, seeds, split_name:
     return [jax.tree.map(lambda a, r=r: a[r], out) for r in range(len(seeds))]
 
   features = []
-  for h, online, labels in runs(outputs):
+  for h, z, online, labels in runs(outputs):
     valid = labels.pop("valid")
-    features.append(Features(h=h, valid=valid, labels=labels, online=online,
+    features.append(Features(h=h, z=z, valid=valid, labels=labels, online=online,
                              num_classes=batches.num_classes))
   return features
 

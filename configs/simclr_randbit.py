@@ -82,13 +82,15 @@ def get_config(arg=None):
   # training), at_end (default True), the type's fields). eval.json holds one entry per NAME.
   c.evals = ml_collections.ConfigDict()
   at_end = dict(every_steps=0, at_end=True)
-  c.evals.linear_eval = dict(type="linear", l2=1e-3, probe_steps=200, **at_end)  # L-BFGS probe
+  c.evals.linear_eval = dict(type="linear", features="encoder", l2=1e-3, probe_steps=200,
+                            **at_end)  # L-BFGS probe on the encoder output h
   c.evals.online_probe = dict(type="online", **at_end)  # the probe trained with the encoder
   c.evals.knn = dict(type="knn", k=200, temperature=0.07, **at_end)  # weighted k-NN, cosine
   c.evals.metrics = dict(type="metrics", **at_end)      # alignment, uniformity, effective rank
   c.evals.embeddings = dict(type="embeddings", **at_end)  # embeddings.png
   # Linear probes during training (learn, then unlearn): --config.evals.curve.every_steps=50.
-  c.evals.curve = dict(type="linear", l2=1e-3, probe_steps=200, every_steps=0, at_end=False)
+  c.evals.curve = dict(type="linear", features="encoder", l2=1e-3, probe_steps=200,
+                       every_steps=0, at_end=False)
   return common.with_variant(c, arg, VARIANTS, "simclr_randbit")
 
 

@@ -9,7 +9,8 @@ docs/method.md §1.2, §1.3, §2.6).
 
 Embedded default: digits with class = (digit ≥ 5) supervising SCL and the digit as subclass, plus
 random bits as the easy class-irrelevant feature. eval.json reports `label` (class), `subclass`
-and `bits` accuracies and, every evals.curve.every_steps, the probe curve (learn-then-unlearn).
+and `bits` accuracies of the encoder output h (`linear_eval`) and of the normalised embedding z
+(`linear_eval_z`) and, every evals.curve.every_steps, the probe curve of h (learn-then-unlearn).
 """
 from configs import common, simclr_randbit
 
@@ -21,6 +22,9 @@ def get_config(arg=None):
   c.loss.beta = 0.5                # β·SCL + (1−β)·UCL; 1 = SCL, 0 = UCL
   c.loss.supervised_label = "label"  # the coarse class supervises SCL
   c.evals.curve.every_steps = 50   # linear probes during training
+  # Class collapse is a property of the embedding the loss sees: probe z/‖z‖ too.
+  c.evals.linear_eval_z = dict(type="linear", features="embedding", l2=1e-3, probe_steps=200,
+                               every_steps=0, at_end=True)
   return common.with_variant(c, arg, {"cifar100": cifar100}, "supcon_joint")
 
 

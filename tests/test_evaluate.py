@@ -1,4 +1,6 @@
 """Evaluation against naive references: the sharded linear probe and the weighted k-NN."""
+import types
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,10 +38,12 @@ def test_knn_matches_naive_loop_and_ignores_padding(k, temperature, chunk):
   np.testing.assert_array_equal(ours, expected)
 
 
-def _features(h, labels, num_classes, mesh, n_valid=None):
+def _features(h, labels, num_classes, mesh, n_valid=None, z=None):
   valid = np.arange(len(h)) < (len(h) if n_valid is None else n_valid)
+  z = np.zeros((len(h), 2)) if z is None else z
   return evaluate.Features(
-      h=evaluate.shard_rows(h.astype(np.float32), mesh), valid=evaluate.shard_rows(valid, mesh),
+      h=evaluate.shard_rows(h.astype(np.float32), mesh),
+      z=evaluate.shard_rows(z.astype(np.float32), mesh), valid=evaluate.shard_rows(valid, mesh),
       labels={k: evaluate.shard_rows(v, mesh) for k, v in labels.items()}, online={},
       num_classes=num_classes)
 
@@ -95,6 +99,26 @@ def test_sharded_probe_and_knn_equal_the_single_device_computation():
   assert 0.6 < results[1][0]["label"] <= 1.0
 
 
+def test_linear_evaluator_probes_the_encoder_output_or_the_embedding():
+  """features="encoder" probes h, features="embedding" probes z: a label only z carries is
+  decodable from the embedding and at chance from the encoder."""
+  from cl_jax.evaluators import linear  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  mesh = train.create_mesh(jax.devices()[:1])
+  splits = []
+  for n in (200, 100):
+    y = rng.integers(0, 2, n)
+    z = np.stack([2.0 * y - 1.0, np.zeros(n)], 1) + 0.3 * rng.normal(size=(n, 2))
+    splits.append(_features(rng.normal(size=(n, 8)), {"label": y}, {"label": 2}, mesh, z=z))
+  context = types.SimpleNamespace(features=lambda: splits)
+  cfg = lambda features: ml_collections.ConfigDict(dict(features=features, l2=1e-3,
+                                                        probe_steps=50))
+  assert linear.evaluate(context, cfg("embedding"))["label"] > 0.95
+  assert linear.evaluate(context, cfg("encoder"))["label"] < 0.65
+  assert [linear.title(cfg(f)) for f in ("encoder", "embedding")] == ["linear eval",
+                                                                      "linear eval of z"]
+
+
 def test_group_features_equal_each_run_extracted_alone(digits_config):
   """A vmapped group's evaluation reads the data once and encodes it for every run: each run's
   features, labels (its own random bits) and online predictions equal its extraction alone."""
@@ -114,6 +138,8 @@ def test_group_features_equal_each_run_extracted_alone(digits_config):
   for run, (variables, seed) in enumerate(zip(runs, (0, 5))):
     alone, = extract([variables], [seed])
     np.testing.assert_allclose(group[run].h, alone.h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(group[run].z, alone.z, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(alone.z, axis=1), 1.0, rtol=1e-5)  # z/‖z‖
     np.testing.assert_array_equal(group[run].valid, alone.valid)
     for name in alone.labels:
       np.testing.assert_array_equal(group[run].labels[name], alone.labels[name])

@@ -103,7 +103,7 @@ def test_scl_ucl_joint_train_with_coarse_labels_and_curve(loss, tmp_path, small)
   config.loss.name = loss
   config.evals.curve.every_steps = 3
   result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
-  assert set(result["linear_eval"]) == {"label", "subclass", "bits"}
+  assert set(result["linear_eval"]) == set(result["linear_eval_z"]) == {"label", "subclass", "bits"}
   assert [p["step"] for p in result["curve"]] == [3, 6]
   assert set(result["curve"][0]) == {"step", "label", "subclass", "bits"}
   with open(tmp_path / "curve.json") as f:

@@ -1,14 +1,21 @@
 """`linear`: the offline linear probe (docs/method.md §3) — per label, a logistic regression on the
-frozen, standardised features h of the un-augmented train images (L-BFGS, L2 penalty (l2/2)·‖W‖²),
+frozen, standardised features of the un-augmented train images (L-BFGS, L2 penalty (l2/2)·‖W‖²),
 reported as test accuracy; `bits`: the mean over bits of one binary probe per random bit
 (0.5 = not decodable). Run every `every_steps` it gives the probe curve (learn, then unlearn).
+`features`: "encoder" probes the encoder's output h (the standard linear evaluation),
+"embedding" the normalised head output z/‖z‖ the loss is computed on — where class collapse
+(Xue et al. 2023) is defined.
 
-  config.evals.linear_eval = dict(type="linear", l2=1e-3, probe_steps=200)
+  config.evals.linear_eval = dict(type="linear", features="encoder", l2=1e-3, probe_steps=200)
 """
+import dataclasses
+
 from cl_jax import evaluate as evaluation
 from cl_jax import spec
 
 FIELDS = {
+    "features": spec.Field('must be "encoder" (the encoder output h) or "embedding" (the '
+                           "normalised head output z/‖z‖)", lambda v: v in ("encoder", "embedding")),
     "l2": spec.Field("must be >= 0: it is the L2 penalty (l2/2)·‖W‖² of the linear probe on "
                      "standardised features (default 1e-3)", lambda v: v >= 0),
     "probe_steps": spec.Field("must be a positive number of L-BFGS iterations for the linear "
@@ -19,9 +26,11 @@ FIELDS = {
 
 def title(cfg) -> str:
   """The heading of this evaluator's column in accuracy tables."""
-  del cfg
-  return "linear eval"
+  return "linear eval" if cfg.features == "encoder" else "linear eval of z"
 
 
 def evaluate(context, cfg) -> dict:
-  return evaluation.probe_all_labels(*context.features(), l2=cfg.l2, steps=cfg.probe_steps)
+  features = context.features()
+  if cfg.features == "embedding":
+    features = [dataclasses.replace(f, h=f.z) for f in features]
+  return evaluation.probe_all_labels(*features, l2=cfg.l2, steps=cfg.probe_steps)
