@@ -38,9 +38,11 @@ def subprocess_env() -> dict:
 
 
 # The small model and batch of every training test, as dotted overrides (also passed on the
-# command line and to multi-process workers).
+# command line and to multi-process workers). The t-SNE map (4–9 s a run, most of a small run's
+# evaluation) is drawn only where a test checks it (test_train.test_embedded_digits_end_to_end).
 SMALL = {"model.head_hidden_dim": 32, "model.embed_dim": 16, "train.batch_size": 64,
-         "evals.linear_eval.probe_steps": 20, "evals.curve.probe_steps": 20}
+         "evals.linear_eval.probe_steps": 20, "evals.curve.probe_steps": 20,
+         "evals.embeddings.at_end": False}
 
 
 def shrink(config, num_steps: int = 6):

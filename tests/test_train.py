@@ -22,6 +22,7 @@ ONE_DEVICE = jax.devices()[:1]
 
 
 def test_embedded_digits_end_to_end(digits_config, tmp_path):
+  digits_config.evals.embeddings.at_end = True  # the one test that draws the t-SNE map
   result = train.train_and_evaluate(digits_config, str(tmp_path))  # all 8 fake devices
   assert result["step"] == 6
   with open(tmp_path / "eval.json") as f:
