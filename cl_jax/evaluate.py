@@ -65,8 +65,7 @@ def extract_features(model, variables, split, data_config, *, seeds, split_name:
   @jax.vmap
   def encode(v, x):
     h, z, logits = model.apply(v, x, train=False)
-    z = z / jnp.maximum(jnp.linalg.norm(z, axis=-1, keepdims=True), 1e-12)
-    return h, z, {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
+    return h, losses.l2_normalize(z), {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
 
   batches = pipeline.EvalBatches(split, data_config, seeds=seeds, split_name=split_name,
                                  batch_size=batch_size, mesh=mesh)
