@@ -26,7 +26,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding, PartitionSpec
 
-from cl_jax import losses, spec
+from cl_jax import jit_cache, losses, spec
 from cl_jax.data import pipeline
 from cl_jax.data.sources import Split
 
@@ -60,31 +60,36 @@ def extract_features(model, variables, split, data_config, *, seeds, split_name:
   scenes and bit planes are added on the device); images, labels and the valid mask are global
   arrays, so rows stay aligned with their labels whatever the order of processes in the mesh."""
   batch_size = spec.round_up(batch_size, mesh.devices.size)
-
-  @jax.jit
-  @jax.vmap
-  def encode(v, x):
-    h, z, logits = model.apply(v, x, train=False)
-    return h, losses.l2_normalize(z), {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
-
   batches = pipeline.EvalBatches(split, data_config, seeds=seeds, split_name=split_name,
                                  batch_size=batch_size, mesh=mesh)
   label_names = ["valid", *batches.num_classes, *(["bits"] if data_config.random_bits else [])]
   outputs = []
   for batch in batches:
-    outputs.append((*encode(variables, batch["image"]), {k: batch[k] for k in label_names}))
+    outputs.append((*encode_runs(variables, batch["image"], model=model),
+                    {k: batch[k] for k in label_names}))
 
-  @functools.partial(jax.jit, out_shardings=NamedSharding(mesh, PartitionSpec("data")))
-  def runs(out):  # concatenate the batches, then one tree per run with rows sharded
+  def per_run(out):  # concatenate the batches, then one tree per run with rows sharded
     out = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *out)
     return [jax.tree.map(lambda a, r=r: a[r], out) for r in range(len(seeds))]
+  per_run = jit_cache.get(("eval_per_run", len(seeds), mesh), lambda: jax.jit(
+      per_run, out_shardings=NamedSharding(mesh, PartitionSpec("data"))))
 
   features = []
-  for h, z, online, labels in runs(outputs):
+  for h, z, online, labels in per_run(outputs):
     valid = labels.pop("valid")
     features.append(Features(h=h, z=z, valid=valid, labels=labels, online=online,
                              num_classes=batches.num_classes))
   return features
+
+
+@functools.partial(jax.jit, static_argnames="model")
+def encode_runs(variables, images, *, model):
+  """(h, z/‖z‖, {label: online-probe prediction}) of `images` [R, B, ...] under each run's
+  `variables` [R, ...] (BatchNorm in inference mode)."""
+  def encode(v, x):
+    h, z, logits = model.apply(v, x, train=False)
+    return h, losses.l2_normalize(z), {name: jnp.argmax(l, axis=-1) for name, l in logits.items()}
+  return jax.vmap(encode)(variables, images)
 
 
 @jax.jit
@@ -205,10 +210,15 @@ def host_sample(features: Features, max_rows: int, seed: int = 0):
                                                                        tiled=True)))
   if len(valid) > max_rows:
     valid = np.sort(np.random.default_rng(seed).choice(valid, max_rows, replace=False))
-  take = jax.jit(lambda tree: jax.tree.map(lambda a: a[valid], tree))
-  h, labels = multihost_utils.process_allgather(take((features.h, dict(features.labels))),
-                                                tiled=True)
+  h, labels = multihost_utils.process_allgather(
+      take_rows((features.h, dict(features.labels)), valid), tiled=True)
   return np.asarray(h), {k: np.asarray(v) for k, v in labels.items()}
+
+
+@jax.jit
+def take_rows(tree, rows):
+  """Every leaf's rows `rows`."""
+  return jax.tree.map(lambda a: a[rows], tree)
 
 
 def representation_metrics(z1: jax.Array, z2: jax.Array) -> dict:
@@ -229,9 +239,11 @@ def test_representation_metrics(model, variables, test: Split, config, mesh) -> 
       test, config.data, seeds=[config.seed], batch_size=batch_size, start_step=0, num_steps=1,
       mesh=mesh, split_name="test"))))
 
-  @jax.jit
-  def metrics(v, x1, x2):
-    z = model.apply(v, jnp.concatenate([x1, x2]), train=False)[1]
-    return representation_metrics(z[:batch_size], z[batch_size:])
+  return {k: float(v) for k, v in _view_metrics(variables, batch["view1"], batch["view2"],
+                                                model=model).items()}
 
-  return {k: float(v) for k, v in metrics(variables, batch["view1"], batch["view2"]).items()}
+
+@functools.partial(jax.jit, static_argnames="model")
+def _view_metrics(variables, x1, x2, *, model) -> dict:
+  z = model.apply(variables, jnp.concatenate([x1, x2]), train=False)[1]
+  return representation_metrics(z[:len(x1)], z[len(x1):])

@@ -11,7 +11,7 @@ import functools
 import json
 import os
 import time
-from typing import Any, Optional
+from typing import Any, Callable, NamedTuple, Optional
 
 from cl_jax import data as _data  # noqa: F401  first: imports TensorFlow quietly, before clu does
 import flax
@@ -26,7 +26,8 @@ from clu import metric_writers, periodic_actions
 from flax.training import train_state
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from cl_jax import evaluate, evaluators, hosts, models, objectives, optim, paths, spec, validate
+from cl_jax import (evaluate, evaluators, hosts, jit_cache, models, objectives, optim, paths,
+                    spec, validate)
 from cl_jax.data import pipeline, sources
 
 # Config fields that may differ between a checkpoint and the run that resumes it: they change
@@ -66,10 +67,13 @@ def create_train_state(model, tx, input_shape, seed, mesh: Mesh,
                              batch_stats=variables["batch_stats"], tx=tx,
                              objective_state=objective_state)
   replicated = NamedSharding(mesh, PartitionSpec())
-  if isinstance(seed, int):
-    return jax.jit(init, out_shardings=replicated)(jax.random.PRNGKey(seed))
-  keys = jnp.stack([jax.random.PRNGKey(s) for s in seed])
-  return jax.jit(jax.vmap(init), out_shardings=replicated)(keys)
+  runs = not isinstance(seed, int)
+  init_fn = jit_cache.get(  # a sweep's runs with the same model and optimizer share the program
+      ("init", model, tx, objective, tuple(input_shape), mesh, runs),
+      lambda: jax.jit(jax.vmap(init) if runs else init, out_shardings=replicated))
+  if not runs:
+    return init_fn(jax.random.PRNGKey(seed))
+  return init_fn(jnp.stack([jax.random.PRNGKey(s) for s in seed]))
 
 
 def run_slice(tree, run: int):
@@ -155,6 +159,39 @@ def batch_metrics(state: TrainState, batch, *, model) -> dict:
   x = objectives.interleave(batch["view1"], batch["view2"])
   (_, z, _), _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
   return evaluate.representation_metrics(*objectives.deinterleave(z))
+
+
+class Programs(NamedTuple):
+  """What the configs of a group compile to: the model, objective and optimizer, the train step
+  jitted and vmapped over the runs (donating the state), and the log steps' `batch_metrics` of
+  one run."""
+  model: Any
+  objective: objectives.Objective
+  tx: optax.GradientTransformation
+  step: Callable
+  metrics: Callable
+
+
+def training_programs(config: ml_collections.ConfigDict, mesh: Mesh, label_classes: dict,
+                      per_epoch: int, num_steps: int) -> Programs:
+  """The `Programs` of `config`, built once per process for configs with the same `group_key`,
+  mesh, label classes and step counts (`jit_cache`): the next run of a sweep calls the same
+  jitted functions, without tracing or compiling them again."""
+  def build():
+    model = models.create_model(config.model, label_classes)
+    objective = objectives.create(config, mesh.devices.size)
+    schedule = optim.learning_rate_schedule(config.optim, config.train.batch_size, num_steps,
+                                            per_epoch)
+    step = jax.jit(jax.vmap(functools.partial(train_step, model=model, objective=objective,
+                                              loss_config=config.loss, schedule=schedule)),
+                   donate_argnums=(0,))
+    # Run by run: XLA:CPU hung on a vmapped SVD (the effective rank) of 3 runs on 2 devices.
+    metrics = jax.jit(lambda state, batch, run: batch_metrics(
+        run_slice(state, run), run_slice(batch, run), model=model))
+    return Programs(model, objective, optim.create_optimizer(config.optim, schedule), step,
+                    metrics)
+  return jit_cache.get(("train", group_key(config), mesh, tuple(sorted(label_classes.items())),
+                        per_epoch, num_steps), build)
 
 
 def _config_differences(saved: dict, current: dict) -> list[str]:
@@ -265,14 +302,12 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
   managers = [checkpoint_manager(w, c) for w, c in zip(workdirs, configs)]
   start_step = common_start_step(managers)
 
-  # ---- Input pipeline, model, objective, optimizer, state (restored from checkpoints).
+  # ---- Input pipeline, model, objective, optimizer, jitted step, state (restored).
   seeds = [c.seed for c in configs]
   batches = pipeline.TrainBatches(train_split, config.data, seeds=seeds, batch_size=batch_size,
                                   start_step=start_step, num_steps=num_steps, mesh=mesh)
-  model = models.create_model(config.model, label_classes)
-  objective = objectives.create(config, mesh.devices.size)
-  schedule = optim.learning_rate_schedule(config.optim, batch_size, num_steps, per_epoch)
-  tx = optim.create_optimizer(config.optim, schedule)
+  model, objective, tx, step_fn, metrics_fn = training_programs(config, mesh, label_classes,
+                                                                per_epoch, num_steps)
   state = create_train_state(model, tx, (1, *batches.image_shape), seeds, mesh, objective)
   if start_step:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, run_slice(state, 0))
@@ -280,14 +315,8 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
         state=ocp.args.StandardRestore(abstract)))["state"] for manager in managers], mesh)
     logging.info("Resumed from checkpoint at step %d.", start_step)
 
-  # ---- Jitted step, writers, progress, evaluators.
-  step_fn = jax.jit(jax.vmap(functools.partial(train_step, model=model, objective=objective,
-                                               loss_config=config.loss, schedule=schedule)),
-                    donate_argnums=(0,))
+  # ---- Each run's traced hyperparameters, writers, progress, evaluators.
   hyper = jax.tree.map(lambda *x: jnp.stack(x), *map(traced_hyperparameters, configs))
-  # Run by run: XLA:CPU hung on a vmapped SVD (the effective rank) of 3 runs on 2 devices.
-  metrics_fn = jax.jit(lambda state, batch, run: batch_metrics(
-      run_slice(state, run), run_slice(batch, run), model=model))
   writers = [metric_writers.create_default_writer(os.fspath(w),
                                                   just_logging=jax.process_index() > 0)
              for w in workdirs]

@@ -45,7 +45,7 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from cl_jax import cli, paths, plots, train
+from cl_jax import cli, jit_cache, paths, plots, train
 from cl_jax.analysis.reports import (accuracy_sections, aggregate, collect_embeddings,  # noqa: F401
                                      markdown_table, pivot_table, plot, table_metrics)
 from cl_jax.spec import apply_overrides
@@ -120,7 +120,7 @@ def train_pending(runs: list, parallel_runs) -> None:
       chunk = group[first:first + size]
       logging.info("Sweep: training %s", ", ".join(f"{d.parent.name}/{d.name}" for _, d in chunk))
       train.train_and_evaluate_runs([c for c, _ in chunk], [d for _, d in chunk])
-    jax.clear_caches()  # the persistent cache keeps the compiled programs
+    jit_cache.clear()  # the persistent cache keeps the compiled programs
 
 
 def main(argv):

@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from cl_jax import jit_cache
 from cl_jax.data import augment, features, sources, views
 
 _HOST_SALT = 0x5EED  # streamed crops (host)
@@ -195,17 +196,22 @@ class TrainBatches:
     scene = features.make_scene(data_config, split, train=True)
     self._shared = {"scene": {k: replicate(v, mesh) for k, v in scene.arrays.items()}
                     if scene else {}}
+    cropped = cropped_at_decode(split, data_config)
     make = functools.partial(device_batch, batch_size=batch_size, per_epoch=self.per_epoch,
-                             data_config=data_config, scene=scene,
-                             cropped=cropped_at_decode(split, data_config))
+                             data_config=data_config, scene=scene, cropped=cropped)
+    # The jitted function is kept for the next TrainBatches of the same data (`jit_cache`); the
+    # scene's id stands for it (the kept function holds the scene, so the id stays its own).
+    key = ("train_batches", data_config.to_json(), batch_size, self.per_epoch, mesh, cropped,
+           resident(split), id(scene))
     self._host = None
     if resident(split):
       self._shared["labels"] = {k: replicate(v, mesh) for k, v in split.labels.items()}
       if scene is None or scene.uses_image:
         self._shared["images"] = replicate(split.images, mesh)
       self._bits, self._orders = replicate(bits, mesh), {}
-      self._make = jax.jit(jax.vmap(make, in_axes=(None, None, 0, 0, None, 0)),
-                           out_shardings=run_batch_sharding(mesh))
+      self._make = jit_cache.get(key, lambda: jax.jit(
+          jax.vmap(make, in_axes=(None, None, 0, 0, None, 0)),
+          out_shardings=run_batch_sharding(mesh)))
       example = (self._shared, None, self._bits, self._order(start_step // self.per_epoch),
                  start_step, self._keys)
     else:
@@ -214,9 +220,10 @@ class TrainBatches:
                                   rows=local_rows(mesh, batch_size), split_name=split_name)
                     for seed in self.seeds]
       run_batches = jax.vmap(make, in_axes=(None, 0, None, None, None, 0))
-      self._make = jax.jit(lambda shared, batches, step, keys: run_batches(
-          shared, jax.tree.map(lambda *x: jnp.stack(x), *batches), None, None, step, keys),
-                           out_shardings=run_batch_sharding(mesh))
+      self._make = jit_cache.get(key, lambda: jax.jit(
+          lambda shared, batches, step, keys: run_batches(
+              shared, jax.tree.map(lambda *x: jnp.stack(x), *batches), None, None, step, keys),
+          out_shardings=run_batch_sharding(mesh)))
       spec = {k: jax.ShapeDtypeStruct((batch_size, *v.shape[1:]), v.dtype.as_numpy_dtype)
               for k, v in self._host[0].element_spec.items()}
       example = (self._shared, [spec] * len(self.seeds), start_step, self._keys)
@@ -350,8 +357,10 @@ class EvalBatches:
         batch["bits"] = (bit_integer[:, None] >> jnp.arange(num_bits)) & 1
       batch["image"] = views.append_bit_planes(image, bit_integer, num_bits)
       return batch
-    self._finish = jax.jit(jax.vmap(finish, in_axes=(None, 0, 0, None)),
-                           out_shardings=run_batch_sharding(mesh))
+    self._finish = jit_cache.get(  # kept for the next evaluation, as TrainBatches' function
+        ("eval_batches", data_config.to_json(), split_name, mesh, id(scene)),
+        lambda: jax.jit(jax.vmap(finish, in_axes=(None, 0, 0, None)),
+                        out_shardings=run_batch_sharding(mesh)))
 
   def __iter__(self):
     for local in self._dataset.as_numpy_iterator():

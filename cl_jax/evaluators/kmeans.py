@@ -4,6 +4,8 @@ map BEFORE global pooling, for each K in `clusters`; writes <workdir>/local_feat
 
   config.evals.kmeans = dict(type="kmeans", clusters=(2, 4, 8), num_fit=256, num_images=8)
 """
+import functools
+
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
@@ -16,10 +18,15 @@ FIELDS = {"clusters": spec.Field("must be a non-empty tuple of cluster counts >=
           "num_fit": spec.positive(), "num_images": spec.positive()}
 
 
+@functools.partial(jax.jit, static_argnames="model")
+def _intermediates(variables, images, *, model):
+  return model.apply(variables, images, train=False, mutable=["intermediates"])[1]
+
+
 def feature_maps(model, variables, images) -> np.ndarray:
   """[N, h, w, c] encoder feature map (BatchNorm in inference mode) of `images`."""
-  apply = jax.jit(lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"])[1])
-  return np.asarray(apply(variables, images)["intermediates"]["encoder"]["feature_map"][0])
+  maps = _intermediates(variables, images, model=model)
+  return np.asarray(maps["intermediates"]["encoder"]["feature_map"][0])
 
 
 def kmeans_segments(maps: np.ndarray, k: int, seed: int = 0) -> np.ndarray:

@@ -2,6 +2,7 @@
 import functools
 from typing import Mapping
 
+import flax
 import jax.numpy as jnp
 import ml_collections
 
@@ -49,7 +50,8 @@ def create_encoder(model_config: ml_collections.ConfigDict):
 
 def create_model(model_config: ml_collections.ConfigDict,
                  probe_classes: Mapping[str, int]) -> ContrastiveModel:
-  """Encoder + projection head (+ online probes for the labels in `probe_classes`)."""
+  """Encoder + projection head (+ online probes for the labels in `probe_classes`). The model is
+  hashable (its probe classes a FrozenDict), so jitted functions can take it as a static argument."""
   return ContrastiveModel(
       encoder=create_encoder(model_config),
       head=ProjectionHead(num_layers=model_config.head_layers,
@@ -60,4 +62,4 @@ def create_model(model_config: ml_collections.ConfigDict,
                           bn_momentum=model_config.bn_momentum,
                           bn_epsilon=model_config.bn_epsilon,
                           dtype=DTYPES[model_config.dtype]),
-      probe_classes=dict(probe_classes), dtype=DTYPES[model_config.dtype])
+      probe_classes=flax.core.FrozenDict(probe_classes), dtype=DTYPES[model_config.dtype])
