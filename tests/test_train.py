@@ -12,7 +12,7 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from cl_jax import hosts, train, validate
+from cl_jax import hosts, jit_cache, train, validate
 from cl_jax import spec
 from cl_jax.data import pipeline, sources
 from configs import simclr_randbit
@@ -308,6 +308,61 @@ def test_group_refuses_configs_that_differ_beyond_seed_and_temperature(digits_co
     train.train_and_evaluate_runs([digits_config, other],
                                   [str(tmp_path / "a"), str(tmp_path / "b")])
   assert not (tmp_path / "a").exists()
+
+
+def test_a_later_run_of_the_same_shape_reuses_the_jitted_programs(digits_config, tmp_path,
+                                                                  monkeypatch):
+  """A sweep's next run (another seed and temperature) calls the train step the first run jitted,
+  without tracing it again, and its results equal those of the same run made first."""
+  traces = []
+
+  def counting_train_step(*args, **kwargs):
+    traces.append(1)
+    return original(*args, **kwargs)
+  original = train.train_step
+  monkeypatch.setattr(train, "train_step", counting_train_step)
+  digits_config.evals = {"linear_eval": digits_config.evals.linear_eval}
+  first, second = _group(digits_config, [0, 1], [0.2, 0.5])
+  jit_cache.clear()
+  alone = train.train_and_evaluate(second, str(tmp_path / "alone"), ONE_DEVICE)
+  jit_cache.clear()
+  train.train_and_evaluate(first, str(tmp_path / "first"), ONE_DEVICE)
+  traced_by_first = len(traces)
+  after_first = train.train_and_evaluate(second, str(tmp_path / "second"), ONE_DEVICE)
+  jit_cache.clear()
+  assert traced_by_first >= 1 and len(traces) == traced_by_first
+  assert after_first == alone
+  for a, b in zip(jax.tree.leaves(_params(str(tmp_path / "alone"), 6)),
+                  jax.tree.leaves(_params(str(tmp_path / "second"), 6))):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_programs_are_shared_only_by_configs_that_may_train_as_one_group(digits_config):
+  """`training_programs` returns the same jitted functions for configs that differ only in the
+  traced fields and the evaluators, and new ones for any other difference."""
+  mesh, classes = train.create_mesh(ONE_DEVICE), {"label": 10}
+  programs = lambda c: train.training_programs(c, mesh, classes, per_epoch=7, num_steps=6)
+  other_seed, = _group(digits_config, [5], [0.7])
+  other_seed.evals.linear_eval.probe_steps = 3
+  wider = digits_config.copy_and_resolve_references()
+  wider.model.embed_dim = 32
+  assert programs(other_seed) is programs(digits_config)
+  assert programs(wider) is not programs(digits_config)
+  assert programs(wider).model.head.embed_dim == 32
+  assert train.training_programs(digits_config, mesh, classes, per_epoch=7,
+                                 num_steps=12) is not programs(digits_config)
+
+
+def test_jit_cache_builds_once_per_key_and_keeps_the_latest():
+  jit_cache.clear()
+  built = []
+  build = lambda key: lambda: built.append(key) or f"value {key}"
+  assert jit_cache.get("a", build("a")) == jit_cache.get("a", build("a")) == "value a"
+  for key in range(jit_cache.KEPT):
+    jit_cache.get(key, build(key))
+  assert jit_cache.get("a", build("a")) == "value a"
+  assert built == ["a", *range(jit_cache.KEPT), "a"]  # "a", the oldest, was dropped
+  jit_cache.clear()
 
 
 def test_random_bits_still_suppress_the_digit_with_views_on_the_device(tmp_path):
