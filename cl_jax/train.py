@@ -337,6 +337,26 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
           test_split=test_split, config=c, mesh=mesh, workdir=w, step=step, group=group, run=run)
       evaluations[run].run(step, last, context, writers[run])
 
+  t_last, s_last = time.time(), start_step
+
+  def report(step, step_metrics: list, run_metrics: list):
+    """Write the mean of `step_metrics` since the last report and the log step's `batch_metrics`
+    of every run to TensorBoard and the log, with steps/s and the ETA."""
+    nonlocal t_last, s_last
+    summary = {k: np.mean([m[k] for m in jax.device_get(step_metrics)], axis=0)
+               for k in step_metrics[0]}
+    per_run = jax.device_get(run_metrics)
+    summary.update({k: np.array([m[k] for m in per_run]) for k in per_run[0]})
+    rate = (step - s_last) / (time.time() - t_last)
+    t_last, s_last = time.time(), step
+    eta = time.strftime("%H:%M:%S", time.gmtime((num_steps - step) / max(rate, 1e-9)))
+    for run, (writer, w) in enumerate(zip(writers, workdirs)):
+      scalars = {k: float(v[run]) for k, v in summary.items()}
+      writer.write_scalars(step, scalars)
+      logging.info("%sstep %d/%d | %s | %.1f steps/s | ETA %s",
+                   f"{w.name}: " if len(configs) > 1 else "", step, num_steps,
+                   " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()), rate, eta)
+
   def save(step, state, finite):
     """Checkpoint every run after step `step` — only if that step and the state are finite."""
     raise_if_nonfinite(np.asarray(finite) & bool(all_finite(state)), step, managers)
@@ -346,17 +366,21 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
           state=ocp.args.StandardSave(runs[run]),
           config=ocp.args.JsonSave(json.loads(c.to_json()))))
 
-  # ---- Train. Each step's finiteness is checked one step late (dispatch stays asynchronous) and
+  # ---- Train. A log step's report and each step's finiteness are read one step late, after the
+  # next step is dispatched (the device never waits for the host's logging), and finiteness
   # before every save; on SIGTERM every process saves the current step and stops; an exception
   # still lets in-flight checkpoints finish.
   logging.info("Training %d steps (%d per epoch) of global batch %d on %d device(s)%s.",
                num_steps, per_epoch, batch_size, mesh.devices.size,
                f", {len(configs)} runs as one vmapped program" if len(configs) > 1 else "")
-  pending, t_last, s_last, previous_finite = [], time.time(), start_step, None
+  pending, report_due, previous_finite = [], None, None
   try:
     with hosts.PreemptionWatch() as preemption:
       for step, batch in zip(range(start_step + 1, num_steps + 1), batches):
         state, metrics = step_fn(state, batch, hyper)
+        if report_due:
+          report(*report_due)
+          report_due = None
         finite = metrics.pop("finite")
         if previous_finite is not None:
           raise_if_nonfinite(previous_finite, step - 1, managers)
@@ -364,26 +388,17 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
         pending.append(metrics)
         progress(step)
         if step % config.train.log_every_steps == 0 or step == num_steps:
-          summary = {k: np.mean([m[k] for m in jax.device_get(pending)], axis=0)
-                     for k in pending[0]}
-          per_run = jax.device_get([metrics_fn(state, batch, run) for run in range(len(configs))])
-          summary.update({k: np.array([m[k] for m in per_run]) for k in per_run[0]})
+          report_due = (step, pending, [metrics_fn(state, batch, run)
+                                        for run in range(len(configs))])
           pending = []
-          rate = (step - s_last) / (time.time() - t_last)
-          t_last, s_last = time.time(), step
-          eta = time.strftime("%H:%M:%S", time.gmtime((num_steps - step) / max(rate, 1e-9)))
-          for run, (writer, w) in enumerate(zip(writers, workdirs)):
-            scalars = {k: float(v[run]) for k, v in summary.items()}
-            writer.write_scalars(step, scalars)
-            logging.info("%sstep %d/%d | %s | %.1f steps/s | ETA %s",
-                         f"{w.name}: " if len(configs) > 1 else "", step, num_steps,
-                         " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()), rate, eta)
         evaluate(step, state, False)
         preempted = preemption.reached(step, managers[0])
         if preempted or step % config.train.checkpoint_every_steps == 0 or step == num_steps:
           save(step, state, finite)
         if preempted:
           raise hosts.Preempted(step, ", ".join(str(m.directory) for m in managers))
+      if report_due:
+        report(*report_due)
   finally:
     batches.close()
     for manager in managers:
