@@ -367,7 +367,7 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
           config=ocp.args.JsonSave(json.loads(c.to_json()))))
 
   # ---- Train. A log step's report and each step's finiteness are read one step late, after the
-  # next step is dispatched (the device never waits for the host's logging), and finiteness
+  # next step is dispatched (the device does not wait for the host's logging), and finiteness
   # before every save; on SIGTERM every process saves the current step and stops; an exception
   # still lets in-flight checkpoints finish.
   logging.info("Training %d steps (%d per epoch) of global batch %d on %d device(s)%s.",
@@ -388,8 +388,10 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
         pending.append(metrics)
         progress(step)
         if step % config.train.log_every_steps == 0 or step == num_steps:
-          report_due = (step, pending, [metrics_fn(state, batch, run)
-                                        for run in range(len(configs))])
+          # Finished before the next step starts: XLA:CPU deadlocks when two programs with
+          # collectives run at once (this one and the next step both read the state).
+          report_due = (step, pending, jax.block_until_ready(
+              [metrics_fn(state, batch, run) for run in range(len(configs))]))
           pending = []
         evaluate(step, state, False)
         preempted = preemption.reached(step, managers[0])
