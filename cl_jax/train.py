@@ -81,7 +81,6 @@ def run_slice(tree, run: int):
   return jax.tree.map(lambda x: x[run], tree)
 
 
-@jax.jit
 def split_runs(tree) -> list:
   """A tree stacked on a leading run axis → the list of each run's tree."""
   return [run_slice(tree, run) for run in range(jax.tree.leaves(tree)[0].shape[0])]
@@ -163,13 +162,14 @@ def batch_metrics(state: TrainState, batch, *, model) -> dict:
 
 class Programs(NamedTuple):
   """What the configs of a group compile to: the model, objective and optimizer, the train step
-  jitted and vmapped over the runs (donating the state), and the log steps' `batch_metrics` of
-  one run."""
+  jitted and vmapped over the runs (donating the state), the log steps' `batch_metrics` of one
+  run, and `for_checkpoint`: state → (`all_finite`, `split_runs`)."""
   model: Any
   objective: objectives.Objective
   tx: optax.GradientTransformation
   step: Callable
   metrics: Callable
+  for_checkpoint: Callable
 
 
 def training_programs(config: ml_collections.ConfigDict, mesh: Mesh, label_classes: dict,
@@ -188,8 +188,9 @@ def training_programs(config: ml_collections.ConfigDict, mesh: Mesh, label_class
     # Run by run: XLA:CPU hung on a vmapped SVD (the effective rank) of 3 runs on 2 devices.
     metrics = jax.jit(lambda state, batch, run: batch_metrics(
         run_slice(state, run), run_slice(batch, run), model=model))
+    for_checkpoint = jax.jit(lambda state: (all_finite(state), split_runs(state)))
     return Programs(model, objective, optim.create_optimizer(config.optim, schedule), step,
-                    metrics)
+                    metrics, for_checkpoint)
   return jit_cache.get(("train", group_key(config), mesh, tuple(sorted(label_classes.items())),
                         per_epoch, num_steps), build)
 
@@ -203,7 +204,6 @@ def _config_differences(saved: dict, current: dict) -> list[str]:
           and not any(k.startswith(p) for p in RESUMABLE_CHANGES)]
 
 
-@jax.jit
 def all_finite(tree) -> jax.Array:
   """True when every floating-point leaf of `tree` is free of NaN and inf."""
   return jnp.all(jnp.asarray([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)
@@ -306,8 +306,8 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
   seeds = [c.seed for c in configs]
   batches = pipeline.TrainBatches(train_split, config.data, seeds=seeds, batch_size=batch_size,
                                   start_step=start_step, num_steps=num_steps, mesh=mesh)
-  model, objective, tx, step_fn, metrics_fn = training_programs(config, mesh, label_classes,
-                                                                per_epoch, num_steps)
+  model, objective, tx, step_fn, metrics_fn, for_checkpoint = training_programs(
+      config, mesh, label_classes, per_epoch, num_steps)
   state = create_train_state(model, tx, (1, *batches.image_shape), seeds, mesh, objective)
   if start_step:
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, run_slice(state, 0))
@@ -359,8 +359,8 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
 
   def save(step, state, finite):
     """Checkpoint every run after step `step` — only if that step and the state are finite."""
-    raise_if_nonfinite(np.asarray(finite) & bool(all_finite(state)), step, managers)
-    runs = split_runs(state)  # one program slices every run
+    state_finite, runs = for_checkpoint(state)  # one program checks and slices every run
+    raise_if_nonfinite(np.asarray(finite) & bool(state_finite), step, managers)
     for run, (manager, c) in enumerate(zip(managers, configs)):
       manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(runs[run]),
