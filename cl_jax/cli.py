@@ -52,7 +52,7 @@ def hide_accelerators_from_tensorflow():
 def use_compilation_cache() -> Optional[str]:
   """Keep the compiled programs in JAX's persistent compilation cache, so that a rerun (the quick
   start again, a sweep's next run of a shape after a restart) loads them instead of compiling:
-  the quick start took 27 s with the cache warm against 37 s without (2 CPU cores). The folder
+  the quick start took 23 s with the cache warm against 34 s without (2 CPU cores). The folder
   is $XDG_CACHE_HOME/cl_jax/xla (default ~/.cache/cl_jax/xla); returns it, or None when left
   off: CL_JAX_COMPILATION_CACHE=0, or JAX_COMPILATION_CACHE_DIR already set (JAX then uses that
   folder itself). Only single-process jobs use it: processes sharing a host would write the
