@@ -68,18 +68,21 @@ def extract_features(model, variables, split, data_config, *, seeds, split_name:
     outputs.append((*encode_runs(variables, batch["image"], model=model),
                     {k: batch[k] for k in label_names}))
 
-  def per_run(out):  # concatenate the batches, then one tree per run with rows sharded
-    out = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *out)
-    return [jax.tree.map(lambda a, r=r: a[r], out) for r in range(len(seeds))]
-  per_run = jit_cache.get(("eval_per_run", len(seeds), mesh), lambda: jax.jit(
-      per_run, out_shardings=NamedSharding(mesh, PartitionSpec("data"))))
+  concatenate = jit_cache.get(("concatenate_runs", mesh), lambda: jax.jit(
+      _concatenate_runs, out_shardings=NamedSharding(mesh, PartitionSpec("data"))))
 
   features = []
-  for h, z, online, labels in per_run(outputs):
+  for h, z, online, labels in concatenate(outputs):
     valid = labels.pop("valid")
     features.append(Features(h=h, z=z, valid=valid, labels=labels, online=online,
                              num_classes=batches.num_classes))
   return features
+
+
+def _concatenate_runs(outputs: list) -> list:
+  """Batches of trees [R, B, ...] → one tree per run, its batches concatenated."""
+  out = jax.tree.map(lambda *a: jnp.concatenate(a, axis=1), *outputs)
+  return [jax.tree.map(lambda a, r=r: a[r], out) for r in range(jax.tree.leaves(out)[0].shape[0])]
 
 
 @functools.partial(jax.jit, static_argnames="model")
