@@ -10,7 +10,12 @@ import os
 import tempfile
 
 FAST_COMPILE = "--xla_backend_optimization_level=0"
-os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+# The user's own XLA flags (e.g. another numerical environment's, docs/design.md "Tests"), without
+# what this file adds (pytest-xdist's workers inherit it from the controller's environment).
+USER_XLA_FLAGS = " ".join(
+    flag for flag in os.environ.get("XLA_FLAGS", "").split()
+    if flag != FAST_COMPILE and not flag.startswith("--xla_force_host_platform_device_count="))
+os.environ["XLA_FLAGS"] = (USER_XLA_FLAGS +
                            f" --xla_force_host_platform_device_count=8 {FAST_COMPILE}").strip()
 os.environ["JAX_PLATFORMS"] = "cpu"
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -32,9 +37,10 @@ os.environ["CL_JAX_COMPILATION_CACHE"] = "0"
 
 
 def subprocess_env() -> dict:
-  """The environment for a cl_jax command run by a test: FAST_COMPILE, CPU, and the command's own
-  CPU device count (cl_jax.main: one per core, hosts.use_cpu_cores)."""
-  return {**os.environ, "XLA_FLAGS": FAST_COMPILE, "JAX_PLATFORMS": "cpu"}
+  """The environment for a cl_jax command run by a test: the user's XLA_FLAGS + FAST_COMPILE, CPU,
+  and the command's own CPU device count (cl_jax.main: one per core, hosts.use_cpu_cores)."""
+  return {**os.environ, "XLA_FLAGS": f"{USER_XLA_FLAGS} {FAST_COMPILE}".strip(),
+          "JAX_PLATFORMS": "cpu"}
 
 
 # The small model and batch of every training test, as dotted overrides (also passed on the

@@ -8,14 +8,21 @@ import subprocess
 import sys
 import time
 
+import jax
 import numpy as np
 
+import cl_jax
 from cl_jax import spec, train
 from configs import simclr_randbit
+from tests import float_order
 from tests.conftest import REPO, SMALL, subprocess_env
+from tests.test_train import _start_params
 
+# SGD: Adam's update ≈ lr·sign(g) turns float-order differences of tiny gradients into whole
+# steps (after 30 Adam steps the parameters of the two jobs differed by 6–9 % of their update).
 OVERRIDES = {**SMALL, "train.num_steps": 30, "train.log_every_steps": 10,
-             "train.checkpoint_every_steps": 1000, "evals.curve.every_steps": 10}
+             "train.checkpoint_every_steps": 1000, "evals.curve.every_steps": 10,
+             "optim.name": "sgd", "optim.learning_rate": 0.05}
 
 
 def _launch(workdir, order: str) -> subprocess.Popen:
@@ -25,10 +32,12 @@ def _launch(workdir, order: str) -> subprocess.Popen:
       cwd=REPO, env=subprocess_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 
 
-# Gloo's all-reduce sums in another order than one process does. Over 30 steps the float32
-# differences move alignment/uniformity/effective rank by < 1% (measured 0.6%), and the probes,
-# trained on those features for 20 steps, by a few of the 450 test images: 0.009, 0.016 and
-# 0.020 measured on CI and here. The representation metrics (rtol 2%) are the sharper check.
+# Gloo's all-reduce sums in another order than one process does (tests/float_order.py), and 30
+# SGD steps carry it forward. Measured, default / SSE4_2 environment: parameters 9.1e-3 / 6.9e-3
+# of their update (TRAINED = 5e-2), the representation metrics ≤ 4.7e-3 / 9.2e-3 relative (5e-2),
+# the probes' accuracies ≤ 0.009 / 0.004 of the 450 test images (with Adam before: up to 0.020):
+# ACCURACY_TOLERANCE = 0.04 (18 images). The parameters are the sharp check.
+METRICS_RTOL = 0.05
 ACCURACY_TOLERANCE = 0.04
 
 
@@ -38,7 +47,7 @@ def _assert_same_eval(got: dict, want: dict):
   for k, v in want["linear_eval"].items():
     assert abs(got["linear_eval"][k] - v) <= ACCURACY_TOLERANCE, (k, got["linear_eval"][k], v)
   for k, v in want["metrics"].items():
-    np.testing.assert_allclose(got["metrics"][k], v, rtol=0.02, err_msg=k)
+    np.testing.assert_allclose(got["metrics"][k], v, rtol=METRICS_RTOL, err_msg=k)
   assert [p["step"] for p in got["curve"]] == [p["step"] for p in want["curve"]]
   for g, w in zip(got["curve"], want["curve"]):
     for k in w:
@@ -72,6 +81,9 @@ def test_two_processes_interleaved_mesh_preempted_and_resumed_equal_one_process(
   spec.apply_overrides(config, OVERRIDES)
   one_process = train.train_and_evaluate(config, str(tmp_path / "one_process"))  # 8 devices
   _assert_same_eval(two_processes, one_process)
+  params = [cl_jax.load(str(w), devices=jax.devices()[:1]).variables["params"]
+            for w in (workdir, tmp_path / "one_process")]
+  float_order.assert_trained_close(*params, _start_params(config))
 
 
 SWEEP_OVERRIDES = {**SMALL, "train.num_steps": 20, "train.log_every_steps": 5,

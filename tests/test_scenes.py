@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from cl_jax.data import features, pipeline, sources
+from tests import float_order
 
 SEED_A, SEED_B = 12, 34
 
@@ -174,7 +175,7 @@ def test_scenes_on_the_device_are_deterministic_labelled_and_device_count_free(s
   one_device = _train_batch(split, config, devices=jax.devices()[:1])
   for k in a:
     np.testing.assert_array_equal(a[k], b[k])
-    np.testing.assert_allclose(a[k], one_device[k], atol=1e-6)
+    np.testing.assert_allclose(a[k], one_device[k], rtol=0, atol=float_order.PIXELS)
   channels = 3 if scene["scene"] == "backgrounds" else 1
   assert a["view1"].shape == (16, 32, 32, channels + 2)  # the bit planes follow the scene
   classes = pipeline.label_classes(split, config)

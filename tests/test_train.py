@@ -8,14 +8,16 @@ import time
 
 import jax
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
-from cl_jax import hosts, jit_cache, train, validate
+from cl_jax import hosts, jit_cache, models, train, validate
 from cl_jax import spec
 from cl_jax.data import pipeline, sources
 from configs import simclr_randbit
+from tests import float_order
 from tests.conftest import REPO, SMALL, subprocess_env
 
 ONE_DEVICE = jax.devices()[:1]
@@ -266,11 +268,29 @@ def _params(workdir, step):
   return state["state"]["params"]
 
 
+def _start_params(config):
+  """The parameters a run of `config` starts from (train.create_train_state's initialisation)."""
+  model = models.create_model(config.model, {"label": 10})
+  size = config.data.image_size
+  return train.create_train_state(model, optax.sgd(0.0), (1, size, size,
+                                                          1 + config.data.random_bits),
+                                  config.seed, train.create_mesh(ONE_DEVICE)).params
+
+
+# The probes' accuracies over the 450 test digits, for parameters equal up to float order: a test
+# image flips only where its margin lies within the features' rounding noise. Measured: none in
+# the default environment, 2 images (0.0044) under SSE4_2 (tests/float_order.py); 2 % (9 images)
+# leaves a 4.5× margin. The parameters are the sharp check (a run trained with another run's
+# temperature moves them by 0.65 of their update, and its linear probe by 7 %).
+PROBE_FLIPS = 0.02
+
+
 def test_vmapped_group_equals_sequential_runs_and_resumes_exactly(digits_config, tmp_path,
                                                                   monkeypatch):
   """Three runs (seeds and temperatures differ) as one vmapped program on 8 devices give each
-  run's sequential result up to float order — parameters and every probe; a group killed
-  mid-run resumes to exactly the uninterrupted group."""
+  run's sequential result up to float order (tests/float_order.py: parameters within
+  TRAINED of their update, every probe within PROBE_FLIPS); a group killed mid-run resumes to
+  exactly the uninterrupted group."""
   digits_config.evals.curve.every_steps = 3
   digits_config.evals = {k: digits_config.evals[k]  # the probes (no t-SNE maps: suite time)
                          for k in ("linear_eval", "online_probe", "knn", "curve")}
@@ -282,13 +302,12 @@ def test_vmapped_group_equals_sequential_runs_and_resumes_exactly(digits_config,
   grouped = train.train_and_evaluate_runs(configs, dirs)
   for r, config in enumerate(configs):
     alone = train.train_and_evaluate(config, str(tmp_path / f"alone{r}"))
-    for a, b in zip(jax.tree.leaves(_params(dirs[r], 6)),
-                    jax.tree.leaves(_params(str(tmp_path / f"alone{r}"), 6))):
-      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    float_order.assert_trained_close(_params(dirs[r], 6), _params(str(tmp_path / f"alone{r}"), 6),
+                                     _start_params(config), err_msg=f"run {r}")
     assert grouped[r].keys() == alone.keys()
     for name in ("linear_eval", "online_probe", "knn"):
       for label, accuracy in alone[name].items():
-        assert abs(grouped[r][name][label] - accuracy) <= 0.01, (r, name, label)
+        assert abs(grouped[r][name][label] - accuracy) <= PROBE_FLIPS, (r, name, label)
     assert [p["step"] for p in grouped[r]["curve"]] == [3, 6]
   assert grouped[0]["linear_eval"] != grouped[1]["linear_eval"]  # really different runs
 
