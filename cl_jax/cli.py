@@ -13,8 +13,8 @@ benchmarks) and of the Colab notebook.
 
 `run(main)`: `absl.app.run(main)` with the exit statuses every entry point shares:
 0 done (also after a requested --help, where absl would exit 1); 1 bad input or a diverged run
-(any `spec.UserError`: `ConfigError`, `DataError`, `NonFiniteError`), as one paragraph
-"error: ..." on stderr, no traceback;
+(any `spec.UserError`: `ConfigError`, `DataError`, `NonFiniteError`, and a `--config.*` override
+that names no field), as one paragraph "error: ..." on stderr, no traceback;
 75 (EX_TEMPFAIL) preempted after saving a checkpoint — rerun the same command to resume.
 """
 import logging as std_logging
@@ -102,6 +102,42 @@ def _exit_codes(main):
   return wrapped
 
 
+def config_override_error(argv: list) -> Optional[str]:
+  """The one-paragraph message for a `--config.PATH=value` in `argv` that names no field of the
+  `--config` file's config (ml_collections fails on it with a traceback), naming the closest
+  existing paths; None when every override names a field."""
+  import difflib  # pylint: disable=g-import-not-at-top
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  config_flag = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
+  if not config_flag:
+    return None
+  path, _, arg = config_flag.partition(":")
+  module_spec = importlib.util.spec_from_file_location("_cl_jax_config", path)
+  module = importlib.util.module_from_spec(module_spec)
+  module_spec.loader.exec_module(module)
+  config = module.get_config(arg) if arg else module.get_config()
+  fields = []
+
+  def walk(node, prefix):
+    for key in node.keys():
+      value = node[key]
+      fields.append(f"{prefix}{key}")
+      if hasattr(value, "keys"):
+        walk(value, f"{prefix}{key}.")
+  walk(config, "")
+  for a in argv:
+    if a.startswith("--config.") and "=" in a:
+      name = a[len("--config."):].split("=", 1)[0]
+      if name not in fields:
+        leaf = name.rsplit(".", 1)[-1]  # a field that moved keeps its name: list those first
+        close = ([f for f in fields if f.rsplit(".", 1)[-1] == leaf] or
+                 difflib.get_close_matches(name, fields, n=3, cutoff=0.6))[:4]
+        return (f"--config.{name}: {path} has no field {name!r}"
+                + (f"; the closest existing fields: {', '.join(close)}." if close else
+                   f"; its sections are {', '.join(f for f in fields if '.' not in f)}."))
+  return None
+
+
 def run(main) -> None:
   """`app.run(main)` with the shared exit statuses (module docstring)."""
   try:
@@ -109,4 +145,9 @@ def run(main) -> None:
   except SystemExit as e:
     if e.code == 1 and any(a.split("=")[0] in HELP_FLAGS for a in sys.argv[1:]):
       sys.exit(0)
+    raise
+  except Exception:  # an unknown --config.* override fails while absl parses the flags
+    message = config_override_error(sys.argv[1:])
+    if message:
+      sys.exit(f"error: {message}")
     raise

@@ -158,6 +158,15 @@ def probe_all_labels(train: Features, test: Features, *, l2: float, steps: int) 
   return results
 
 
+def nothing_to_probe(context, evaluator: str) -> dict:
+  """An evaluator's result on data without a label it can probe (unlabelled images): one log
+  line, nothing written."""
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  logging.info("Evaluator %s: '%s' has no label to probe at step %d; nothing written.",
+               evaluator, context.config.data.dataset, context.step)
+  return {}
+
+
 def online_probe_accuracy(test: Features) -> dict:
   """{label: test accuracy of the online probe trained along with the encoder} — the metric of
   the randbits colab's table (its probe sees stop_gradient(h) of augmented training views).

@@ -195,13 +195,18 @@ def training_programs(config: ml_collections.ConfigDict, mesh: Mesh, label_class
                         per_epoch, num_steps), build)
 
 
-def _config_differences(saved: dict, current: dict) -> list[str]:
+def config_differences(saved: dict, current: dict, allowed=RESUMABLE_CHANGES) -> list[str]:
+  """"field: checkpoint X vs now Y" for every field of two config dicts that differs, except
+  those starting with one of the `allowed` prefixes, and fields added to the configs after the
+  checkpoint was written that are at a value that changes nothing (0, False, None, 'none')."""
   flat_saved = flax.traverse_util.flatten_dict(saved, sep=".")
   flat_current = flax.traverse_util.flatten_dict(current, sep=".")
+  added_off = {k for k, v in flat_current.items()
+               if k not in flat_saved and v in (0, False, None, "none")}
   return [f"{k}: checkpoint {flat_saved.get(k)!r} vs now {flat_current.get(k)!r}"
           for k in sorted(set(flat_saved) | set(flat_current))
-          if flat_saved.get(k) != flat_current.get(k)
-          and not any(k.startswith(p) for p in RESUMABLE_CHANGES)]
+          if flat_saved.get(k) != flat_current.get(k) and not k.startswith(tuple(allowed))
+          and k not in added_off]
 
 
 def all_finite(tree) -> jax.Array:
@@ -238,7 +243,7 @@ def checkpoint_manager(workdir, config: ml_collections.ConfigDict) -> ocp.Checkp
   latest = manager.latest_step()
   if latest is not None:
     saved = manager.restore(latest, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    differences = _config_differences(saved["config"], json.loads(config.to_json()))
+    differences = config_differences(saved["config"], json.loads(config.to_json()))
     if differences:
       raise validate.ConfigError(
           f"workdir {workdir} holds a checkpoint (step {latest}) of a different experiment; "

@@ -28,6 +28,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
       spec.check_value(f"{prefix}.{name}", section[name], field)
   spec.check_value("data.random_bits", data.random_bits, spec.in_range(
       0, features.MAX_RANDOM_BITS), " (one constant input channel per bit)")
+  spec.check_value("data.channels", data.channels, spec.Field(
+      "is not one of: 0 (the images' own: 1 for grey data, 3 for colour), 1 (grey), 3 (RGB)",
+      lambda v: v in (0, 1, 3)))
   spec.check_value("data.crop_area_min", data.crop_area_min, spec.Field(
       "must be in (0, 1]", lambda v: 0 < v <= 1))
   min_size = models.create_encoder(model).min_image_size
@@ -37,9 +40,9 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   check_scene_sizes(data)
   if data.streaming:
     from cl_jax.data import sources  # pylint: disable=g-import-not-at-top
-    if data.dataset in (sources.EMBEDDED, sources.PHOTOS, sources.IDX):
+    if data.dataset in sources.LOCAL:
       raise ConfigError(f"data.streaming=True reads a tfds dataset by index; data.dataset="
-                        f"'{data.dataset}' is a small local source that is always held in memory: "
+                        f"'{data.dataset}' is a local source that is always held in memory: "
                         "set data.streaming=False, or name a tfds dataset (e.g. imagenet2012).")
     if data.scene not in ("none", "digits_on_images"):
       raise ConfigError(f"data.scene='{data.scene}' composes digits from an in-memory digit "

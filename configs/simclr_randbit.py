@@ -24,9 +24,10 @@ def get_config(arg=None):
   c.seed = 0
 
   c.data = ml_collections.ConfigDict()
-  c.data.dataset = "digits"        # 'digits' (embedded) or a tfds name: mnist, cifar10, ...
-  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir
+  c.data.dataset = "digits"        # 'digits' (embedded), 'folder', 'npz', 'mnist_idx' or tfds
+  c.data.data_dir = ml_collections.config_dict.placeholder(str)  # tfds data_dir, folder, .npz
   c.data.image_size = 16
+  c.data.channels = 0              # 0: as the data (1 grey, 3 colour); 1 or 3: convert to that
   c.data.random_bits = 5           # k constant bit planes appended after augmentation
   c.data.scene = "none"            # composed images: see configs/digits_on_images.py, ...
   c.data.coarse_labels = False     # label = class (digit >= 5 / cifar100 coarse), subclass = fine

@@ -42,3 +42,14 @@ def test_conv_layers_benchmark_writes_its_json(tmp_path):
     for variant in ("im2col", "native"):
       assert set(result[layer][variant]) == {"fwd", "fwd_dW", "fwd_dW_dx"}
       assert all(ms > 0 for ms in result[layer][variant].values())
+
+
+def test_own_data_benchmark_writes_its_json(tmp_path):
+  out = tmp_path / "own_data.json"
+  done = subprocess.run(
+      [sys.executable, "benchmarks/own_data.py", "--images=60", f"--out={out}"], cwd=REPO,
+      capture_output=True, text=True, timeout=300, env=subprocess_env())
+  assert done.returncode == 0, done.stderr[-3000:]
+  result = json.loads(out.read_text())
+  assert result["folder_images"] == 60 and result["folder_decode_s"] > 0
+  assert result["encode_images_per_s"] > 0 and result["extract_features_images_per_s"] > 0

@@ -23,5 +23,6 @@ def test_colab_notebook_runs_and_shows_table_and_plot(tmp_path):
   assert "| random bits | digit (label) | bits |" in texts and "| 5 |" in texts
   assert any("image/png" in o.get("data", {}) for o in outputs)  # the suppression plot
   assert "NT-Xent" in texts
+  assert "step 4: features (450, 128), digit accuracy of a scikit-learn probe" in texts
   for bits in (5,):
     assert (tmp_path / "runs" / f"bits{bits}" / "eval.json").exists()

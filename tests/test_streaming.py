@@ -168,3 +168,33 @@ def test_tfrecord_dataset_names_the_conversion(config, monkeypatch):
     with pytest.raises(sources.DataError, match="(?s)ArrayRecord.*tfds convert_format.*"
                        "data.streaming=False"):
       sources.load(config.data, "train")
+
+
+def test_class_subset_with_coarse_labels_is_one_implementation_streamed_or_in_memory(config,
+                                                                                     tmp_path):
+  """label = the coarse class, subclass = the subset's fine class — the same labels whether the
+  split streams or sits in memory (the streamed path once looked the fine lookup up on the
+  coarse field)."""
+  config.data.update(dataset="cifar100", coarse_labels=True)
+  with tfds.testing.mock_data(num_examples=60):
+    names = sources.label_names("cifar100", None)
+    everything = sources.load(config.data, "train")
+    _, stored = everything.read(np.arange(len(everything)))
+    fine = [names[i] for i in dict.fromkeys(stored["subclass"][[4, 9, 30]])]
+    (tmp_path / "classes.txt").write_text("\n".join(fine) + "\n")
+    config.data.class_subset = str(tmp_path / "classes.txt")
+    streamed = sources.load(config.data, "train")
+    _, labels = streamed.read(np.arange(len(streamed)))
+    config.data.streaming = False
+    in_memory = sources.load(config.data, "train")
+    config.data.class_subset = None
+    whole = sources.load(config.data, "train")  # in memory, coarse labels, every class
+  kept = np.isin(np.array(names)[stored["subclass"]], fine)
+  assert streamed.num_classes == in_memory.num_classes == {"label": 20, "subclass": len(fine)}
+  np.testing.assert_array_equal(labels["subclass"],
+                                [fine.index(names[c]) for c in stored["subclass"][kept]])
+  np.testing.assert_array_equal(labels["label"], stored["label"][kept])
+  rows = np.isin(np.array(names)[whole.labels["subclass"]], fine)
+  np.testing.assert_array_equal(in_memory.labels["label"], whole.labels["label"][rows])
+  np.testing.assert_array_equal(in_memory.labels["subclass"],
+                                [fine.index(names[c]) for c in whole.labels["subclass"][rows]])

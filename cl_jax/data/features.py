@@ -203,21 +203,30 @@ SCENE_CONFIGS = {"digits_on_images": "digits_on_images.py", "multidigits": "mult
                  "digit_sizes": "digit_sizes.py", "backgrounds": "backgrounds.py"}
 
 
-_RECENT_SCENES = collections.OrderedDict()  # (id(split), data config, train) → (split, scene)
+_RECENT_SCENES = collections.OrderedDict()  # scene_key → scene
+
+
+def scene_key(data_config, split, train: bool) -> str:
+  """What determines a scene: the data config and the split's content (`fingerprint`), not the
+  split object — a split loaded again (each run of a sweep over a tfds or folder dataset) gets
+  the same scene, and the jitted programs kept under this key (`jit_cache`) serve it."""
+  return f"{split.fingerprint}/{train}/{data_config.to_json()}"
 
 
 def make_scene(data_config, split, train: bool) -> Optional[Scene]:
   """The `Scene` of `data.scene` (None for 'none'); `split` is the data being read (its images are
-  the backgrounds for digits_on_images, the digits otherwise). The last few are kept: training,
-  the label classes and every evaluation of a run ask for the same scenes, and building one
-  loads and resizes its digits."""
-  key = (id(split), data_config.to_json(), train)
+  the backgrounds for digits_on_images, the digits otherwise). The last few are kept
+  (`scene_key`): training, the label classes and every evaluation of a run ask for the same
+  scenes, and building one loads and resizes its digits."""
+  if data_config.get("scene", "none") == "none":
+    return None
+  key = scene_key(data_config, split, train)
   if key not in _RECENT_SCENES:
-    _RECENT_SCENES[key] = (split, _build_scene(data_config, split, train))  # split: keeps its id
+    _RECENT_SCENES[key] = _build_scene(data_config, split, train)
     while len(_RECENT_SCENES) > 4:
       _RECENT_SCENES.popitem(last=False)
   _RECENT_SCENES.move_to_end(key)
-  return _RECENT_SCENES[key][1]
+  return _RECENT_SCENES[key]
 
 
 def _build_scene(data_config, split, train: bool) -> Optional[Scene]:

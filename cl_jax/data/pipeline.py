@@ -199,10 +199,10 @@ class TrainBatches:
     cropped = cropped_at_decode(split, data_config)
     make = functools.partial(device_batch, batch_size=batch_size, per_epoch=self.per_epoch,
                              data_config=data_config, scene=scene, cropped=cropped)
-    # The jitted function is kept for the next TrainBatches of the same data (`jit_cache`); the
-    # scene's id stands for it (the kept function holds the scene, so the id stays its own).
-    key = ("train_batches", data_config.to_json(), batch_size, self.per_epoch, mesh, cropped,
-           resident(split), id(scene))
+    # The jitted function is kept for the next TrainBatches of the same data (`jit_cache`),
+    # keyed by the data's content (`features.scene_key`), not by the split object.
+    key = ("train_batches", features.scene_key(data_config, split, True), batch_size,
+           self.per_epoch, mesh, cropped, resident(split))
     self._host = None
     if resident(split):
       self._shared["labels"] = {k: replicate(v, mesh) for k, v in split.labels.items()}
@@ -358,13 +358,27 @@ class EvalBatches:
       batch["image"] = views.append_bit_planes(image, bit_integer, num_bits)
       return batch
     self._finish = jit_cache.get(  # kept for the next evaluation, as TrainBatches' function
-        ("eval_batches", data_config.to_json(), split_name, mesh, id(scene)),
+        ("eval_batches", features.scene_key(data_config, split, False), split_name, mesh),
         lambda: jax.jit(jax.vmap(finish, in_axes=(None, 0, 0, None)),
                         out_shardings=run_batch_sharding(mesh)))
 
   def __iter__(self):
     for local in self._dataset.as_numpy_iterator():
       yield self._finish(self._arrays, self._bits, self._seeds, to_global(local, self.mesh))
+
+
+def image_channels(split, data_config: ml_collections.ConfigDict) -> int:
+  """The channels C of the images a run reads from `split` (its scene composed; bit planes
+  apart)."""
+  scene = features.make_scene(data_config, split, train=False)
+  stored = split.channels if isinstance(split, sources.StreamingSplit) else split.images.shape[-1]
+  if scene is None:
+    return stored
+  size = data_config.image_size
+  image = jax.ShapeDtypeStruct((size, size, stored), jnp.float32) if scene.uses_image else None
+  key = jax.random.PRNGKey(0)
+  composed, _ = jax.eval_shape(scene.compose, scene.arrays, image, jnp.int32(0), key, key)
+  return composed.shape[-1]
 
 
 def label_classes(split, data_config: ml_collections.ConfigDict) -> dict:

@@ -13,6 +13,7 @@ in host memory.
 """
 import dataclasses
 import functools
+import hashlib
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
@@ -22,6 +23,8 @@ from cl_jax import spec
 EMBEDDED = "digits"
 IDX = "mnist_idx"  # MNIST-format IDX files (train/t10k-images-idx3-ubyte, ...) in data.data_dir
 PHOTOS = "photos"  # embedded backgrounds: crops of scikit-learn's two sample photographs
+FOLDER = "folder"  # a folder of image files, data.data_dir/{train,test}/[<class>/]*.png|jpg
+NPZ = "npz"        # arrays in a .npz file: train_images, test_images, train_<label>, ...
 # The embedded default's fixed, stratified split (of 1,797 images: 1,347 train / 450 test).
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
@@ -29,6 +32,13 @@ DIGITS_SPLIT_SEED = 0
 
 class DataError(spec.UserError, ValueError):
   """A dataset that cannot be loaded, with a message that says how to fix it."""
+
+
+def _digest(*parts) -> str:
+  h = hashlib.blake2b(digest_size=16)
+  for part in parts:
+    h.update(part.tobytes() if isinstance(part, np.ndarray) else repr(part).encode())
+  return h.hexdigest()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +49,14 @@ class Split:
 
   def __len__(self) -> int:
     return self.images.shape[0]
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    """A digest of the content (images, labels): caches of scenes and jitted programs key on
+    it, so a split loaded again (a sweep's next run of a tfds dataset) reuses them."""
+    return _digest(self.images.shape, self.images,
+                   *[(k, v) for k in sorted(self.labels) for v in (self.labels[k],)],
+                   sorted(self.num_classes.items()))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,9 +73,17 @@ class StreamingSplit:
   num_classes: Mapping[str, int]
   image_format: str   # 'jpeg' (decoded and cropped in one op) or another tf.io.decode_image format
   channels: int
+  origin: str = ""    # dataset, split and data_dir: with the labels, the split's `fingerprint`
 
   def __len__(self) -> int:
     return len(self.source) if self.indices is None else len(self.indices)
+
+  @functools.cached_property
+  def fingerprint(self) -> str:
+    return _digest(self.origin, len(self), self.channels,
+                   np.zeros(0) if self.indices is None else self.indices,
+                   sorted(self.label_fields.items()),
+                   [(k, self.relabel[k]) for k in sorted(self.relabel)])
 
   def read(self, positions: np.ndarray):
     """(encoded images [R] bytes, {label: int32 [R]}) of the split's examples at `positions`."""
@@ -72,7 +98,7 @@ class StreamingSplit:
     return images, labels
 
 
-def _resize(images: np.ndarray, size: int) -> np.ndarray:
+def resize(images: np.ndarray, size: int) -> np.ndarray:
   """Bilinear (antialiased) resize of uint8 [N, H, W, C] images to [N, size, size, C]."""
   if images.shape[1:3] == (size, size):
     return images
@@ -91,7 +117,7 @@ def load_digits(split: str, image_size: int) -> Split:
       np.arange(len(labels)), test_size=DIGITS_TEST_FRACTION, stratify=labels,
       random_state=DIGITS_SPLIT_SEED)
   idx = {"train": train_idx, "test": test_idx}[split]
-  return Split(images=_resize(images[idx], image_size), labels={"label": labels[idx]},
+  return Split(images=resize(images[idx], image_size), labels={"label": labels[idx]},
                num_classes={"label": 10})
 
 
@@ -158,7 +184,7 @@ def load_idx(directory, split: str, image_size: int) -> Split:
         np.arange(len(labels)), test_size=0.2, stratify=labels, random_state=0)
     idx = train_idx if split == "train" else test_idx
     images, labels = images[idx], labels[idx]
-  return Split(images=_resize(images[..., None], image_size),
+  return Split(images=resize(images[..., None], image_size),
                labels={"label": labels.astype(np.int32)}, num_classes={"label": 10})
 
 
@@ -171,18 +197,27 @@ def not_prepared_message(name: str, data_dir) -> str:
 
 
 def tfds_dataset(name: str, split: str, data_dir):
-  """(builder, tf.data.Dataset of `split`) for tfds `name`; a `DataError` naming the fix if the
-  dataset is unknown or not prepared. `split` 'test' falls back to 'validation' (imagenet2012)."""
+  """(builder, tf.data.Dataset of `split`, the split's name in tfds, {ClassLabel feature: number of
+  classes}) for tfds `name`; a `DataError` naming the fix if the dataset is unknown, not
+  prepared or has no image with class labels. `split` 'test' falls back to 'validation'
+  (imagenet2012)."""
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   try:
     builder = tfds.builder(name, data_dir=data_dir)
   except tfds.core.registered.DatasetNotFoundError as e:
-    raise DataError(f"data.dataset='{name}' is neither '{EMBEDDED}' (embedded) nor a known "
-                    f"tfds dataset (e.g. mnist, cifar10, cifar100, imagenet2012).") from e
+    raise DataError(f"data.dataset='{name}' is neither a source of cl_jax ({', '.join(LOCAL)}) "
+                    "nor a known tfds dataset (e.g. mnist, cifar10, cifar100, imagenet2012)."
+                    ) from e
+  features = builder.info.features
+  classes = {k: f.num_classes for k, f in features.items()
+             if isinstance(f, tfds.features.ClassLabel)}
+  if "image" not in features or not isinstance(features["image"], tfds.features.Image) or (
+      not classes):
+    raise DataError(f"tfds dataset '{name}' has no 'image' feature with class labels.")
   try:
     if split == "test" and "test" not in builder.info.splits:
       split = "validation"
-    return builder, builder.as_dataset(split=split, shuffle_files=False)
+    return builder, builder.as_dataset(split=split, shuffle_files=False), split, classes
   except AssertionError as e:  # tfds: "could not find data in ..."
     raise DataError(not_prepared_message(name, data_dir)) from e
 
@@ -192,11 +227,7 @@ def load_tfds(name: str, split: str, image_size: int, data_dir=None) -> Split:
   (100 fine classes) and `coarse_label` (20 superclasses))."""
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  builder, ds = tfds_dataset(name, split, data_dir)
-  label_names = {k: f.num_classes for k, f in builder.info.features.items()
-                 if isinstance(f, tfds.features.ClassLabel)}
-  if "image" not in builder.info.features or not label_names:
-    raise DataError(f"tfds dataset '{name}' has no 'image' feature with class labels.")
+  _, ds, _, label_classes = tfds_dataset(name, split, data_dir)
 
   def prepare(ex):
     image = ex["image"]
@@ -204,61 +235,13 @@ def load_tfds(name: str, split: str, image_size: int, data_dir=None) -> Split:
       image = tf.image.resize(tf.cast(image, tf.float32), (image_size, image_size),
                               antialias=True)
       image = tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-    return {"image": image, **{k: tf.cast(ex[k], tf.int32) for k in label_names}}
+    return {"image": image, **{k: tf.cast(ex[k], tf.int32) for k in label_classes}}
 
   ds = ds.map(prepare, num_parallel_calls=tf.data.AUTOTUNE).batch(4096)
   chunks = list(tfds.as_numpy(ds))
   return Split(images=np.concatenate([c["image"] for c in chunks]),
-               labels={k: np.concatenate([c[k] for c in chunks]) for k in label_names},
-               num_classes=label_names)
-
-
-def load_streaming(data_config, split: str) -> StreamingSplit:
-  """tfds split `split` of `data_config.dataset` as a `StreamingSplit` (random access; images stay
-  encoded). `data.class_subset` keeps the listed classes, relabelled in the file's order: the
-  labels of every record are read once to find them (the images are not decoded).
-  `data.coarse_labels`: label = `coarse_label`, subclass = `label` (cifar100)."""
-  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  name, data_dir = data_config.dataset, data_config.data_dir
-  builder, _ = tfds_dataset(name, split, data_dir)
-  if split == "test" and "test" not in builder.info.splits:
-    split = "validation"
-  features = builder.info.features
-  classes = {k: f.num_classes for k, f in features.items()
-             if isinstance(f, tfds.features.ClassLabel)}
-  if "image" not in features or not isinstance(features["image"], tfds.features.Image) or (
-      not classes):
-    raise DataError(f"tfds dataset '{name}' has no 'image' feature with class labels.")
-  try:
-    source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
-  except (NotImplementedError, ValueError) as e:
-    raise DataError(
-        f"data.streaming=True reads '{name}' by random access, which needs its files in the "
-        f"ArrayRecord format, but data_dir={data_dir} holds another ({e.__class__.__name__}: "
-        f"{str(e).splitlines()[0]}). Convert it once: `tfds convert_format "
-        f"--dataset_dir=DIR/{name}/VERSION --out_file_format=array_record` (or build it with "
-        f"`tfds build {name} --file_format=array_record`), or set data.streaming=False to load "
-        "the split into memory.") from e
-  fields = {k: k for k in classes}
-  if data_config.coarse_labels:
-    if "coarse_label" not in classes:
-      raise DataError(f"data.coarse_labels=True, but '{name}' has no 'coarse_label' feature.")
-    fields = {"label": "coarse_label", "subclass": "label"}
-    classes = {"label": classes["coarse_label"], "subclass": classes["label"]}
-  indices, relabel = None, {}
-  if data_config.get("class_subset"):
-    subset = read_class_subset(data_config.class_subset)
-    names = list(features["label"].names)
-    new_label = _subset_lookup(names, subset, data_config.class_subset)
-    old = np.concatenate([np.array([r["label"] for r in source.__getitems__(range(
-        i, min(i + 1024, len(source))))], np.int64) for i in range(0, len(source), 1024)])
-    indices = np.flatnonzero(new_label[old] >= 0)
-    relabel = {"label": new_label}
-    classes = {**classes, "label": len(subset)}
-  image = features["image"]
-  return StreamingSplit(source=source, indices=indices, label_fields=fields, relabel=relabel,
-                        num_classes=classes, image_format=image.encoding_format or "png",
-                        channels=image.shape[-1] or 3)
+               labels={k: np.concatenate([c[k] for c in chunks]) for k in label_classes},
+               num_classes=label_classes)
 
 
 DIGIT_DATASETS = (EMBEDDED, IDX, "mnist")
@@ -274,12 +257,11 @@ def read_class_subset(path) -> list[str]:
 
 def label_names(dataset: str, data_dir) -> list[str]:
   """The names of the `label` classes: tfds's ClassLabel names (WordNet IDs for imagenet2012);
-  '0'..'9' for the digit sources; '0'..'7' for the embedded photos."""
-  if dataset in (EMBEDDED, IDX):
-    return [str(i) for i in range(10)]
-  if dataset == PHOTOS:
-    return [str(i) for i in range(8)]
-  builder, _ = tfds_dataset(dataset, "train", data_dir)
+  the class folders of a folder dataset; '0'..'K−1' for the other sources."""
+  if dataset in LOCAL:
+    split, names = _load_local(dataset, "train", 8, data_dir, 0)
+    return names or [str(i) for i in range(split.num_classes.get("label", 0))]
+  builder, *_ = tfds_dataset(dataset, "train", data_dir)
   return list(builder.info.features["label"].names)
 
 
@@ -296,60 +278,169 @@ def _subset_lookup(names: list[str], subset: list[str], path) -> np.ndarray:
   return new_label
 
 
-def restrict_to_classes(split: Split, names: list[str], subset: list[str], path) -> Split:
-  """The examples of `split` whose `label` is one of `subset`, relabelled 0..K−1 in the order of
-  `subset` (the file's order), e.g. ImageNet-1k → ImageNet-100."""
-  new_label = _subset_lookup(names, subset, path)
-  keep = new_label[split.labels["label"]] >= 0
-  labels = {k: v[keep] for k, v in split.labels.items()}
-  labels["label"] = new_label[split.labels["label"][keep]]
-  return Split(split.images[keep], labels, {**split.num_classes, "label": len(subset)})
+@dataclasses.dataclass(frozen=True)
+class LabelPlan:
+  """How the label fields a dataset stores become the labels a run sees — the one
+  implementation of `data.class_subset` and `data.coarse_labels`, for splits in memory and
+  streamed alike. Label `name` is stored field `fields[name]`, mapped through `lookups[name]`
+  (old class → new class) when it has one; the examples kept are those whose field `keep_field`
+  maps to ≥ 0 under `keep` (None: all)."""
+  fields: Mapping[str, str]
+  lookups: Mapping[str, np.ndarray]
+  num_classes: Mapping[str, int]
+  keep_field: Optional[str] = None
+  keep: Optional[np.ndarray] = None
+
+  def labels(self, stored: Mapping[str, np.ndarray]) -> dict:
+    """{name: int32 labels} of examples whose stored fields are `stored`."""
+    return {name: (self.lookups[name][stored[field]] if name in self.lookups else
+                   np.asarray(stored[field])).astype(np.int32)
+            for name, field in self.fields.items()}
+
+  def kept(self, stored: Mapping[str, np.ndarray]) -> Optional[np.ndarray]:
+    """Boolean mask of the examples kept (None: all)."""
+    return None if self.keep is None else self.keep[stored[self.keep_field]] >= 0
+
+
+def label_plan(data_config, classes: Mapping[str, int], names) -> LabelPlan:
+  """The `LabelPlan` of `data_config` for a dataset storing label fields `classes` ({field:
+  number of classes}); `names()` gives the class names of its `label` (read only for a
+  class_subset).
+
+  class_subset keeps the listed classes of `label`, relabelled 0..K−1 in the file's order;
+  coarse_labels makes label = the class and subclass = the fine label (Xue et al. 2023;
+  docs/method.md §2.6): `coarse_label` (cifar100) or, for digits, digit ≥ 5. Both together:
+  the subclass is the subset's relabelled fine class and the class is its coarse class."""
+  dataset = data_config.dataset
+  fields, lookups, num_classes = {k: k for k in classes}, {}, dict(classes)
+  keep = None
+  if data_config.get("class_subset"):
+    if "label" not in classes:
+      raise DataError(f"data.class_subset={data_config.class_subset} keeps classes of the "
+                      f"'label', but '{dataset}' has no label.")
+    keep = _subset_lookup(names(), read_class_subset(data_config.class_subset),
+                          data_config.class_subset)
+    lookups["label"], num_classes["label"] = keep, int(keep.max()) + 1
+  if data_config.coarse_labels:
+    fine = {"subclass": "label"}
+    if "coarse_label" in classes:
+      fields = {"label": "coarse_label", **fine}
+      lookups = {"subclass": lookups["label"]} if "label" in lookups else {}
+      num_classes = {"label": classes["coarse_label"], "subclass": num_classes["label"]}
+    elif dataset in DIGIT_DATASETS:
+      fields = {"label": "label", **fine}
+      lookups = {"label": (np.arange(10) >= 5).astype(np.int32),
+                 **({"subclass": lookups["label"]} if "label" in lookups else {})}
+      num_classes = {"label": 2, "subclass": num_classes["label"]}
+    else:
+      raise DataError(f"data.coarse_labels=True, but '{dataset}' has no coarse labels: use a "
+                      f"digit dataset ({', '.join(DIGIT_DATASETS)}) or one with a "
+                      "'coarse_label' (cifar100).")
+  return LabelPlan(fields, lookups, num_classes, "label" if keep is not None else None, keep)
+
+
+def apply_label_plan(split: Split, plan: LabelPlan) -> Split:
+  """The examples of an in-memory `split` that `plan` keeps, with its labels."""
+  kept = plan.kept(split.labels)
+  labels = plan.labels(split.labels)
+  if kept is None:
+    return Split(split.images, labels, plan.num_classes)
+  return Split(split.images[kept], {k: v[kept] for k, v in labels.items()}, plan.num_classes)
 
 
 def class_and_subclass(split: Split, dataset: str) -> Split:
-  """Coarse `label` (the class) and fine `subclass` labels for class-collapse studies (Xue et al.
-  2023; docs/method.md §2.6): digits → label = (digit ≥ 5), subclass = digit; datasets with a
-  `coarse_label` (cifar100) → label = the 20 superclasses, subclass = the 100 classes."""
-  if "coarse_label" in split.labels:
-    return Split(split.images, {"label": split.labels["coarse_label"],
-                                "subclass": split.labels["label"]},
-                 {"label": split.num_classes["coarse_label"],
-                  "subclass": split.num_classes["label"]})
-  if dataset in DIGIT_DATASETS:
-    digit = split.labels["label"]
-    return Split(split.images, {"label": (digit >= 5).astype(np.int32), "subclass": digit},
-                 {"label": 2, "subclass": 10})
-  raise DataError(f"data.coarse_labels=True, but '{dataset}' has no coarse labels: use a digit "
-                  f"dataset ({', '.join(DIGIT_DATASETS)}) or one with a 'coarse_label' "
-                  "(cifar100).")
+  """Coarse `label` (the class) and fine `subclass` labels of an in-memory split (`label_plan`
+  with data.coarse_labels)."""
+  config = {"dataset": dataset, "coarse_labels": True}
+  return apply_label_plan(split, label_plan(_Options(config), split.num_classes, None))
+
+
+class _Options(dict):
+  """A dict read like a data ConfigDict (`.field`, `.get`)."""
+  __getattr__ = dict.get
+
+
+def load_streaming(data_config, split: str) -> StreamingSplit:
+  """tfds split `split` of `data_config.dataset` as a `StreamingSplit` (random access; images stay
+  encoded), labelled by its `label_plan`: with a class_subset the stored labels of every record
+  are read once to find the examples kept (the images are not decoded)."""
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  name, data_dir = data_config.dataset, data_config.data_dir
+  builder, _, split, classes = tfds_dataset(name, split, data_dir)
+  try:
+    source = builder.as_data_source(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+  except (NotImplementedError, ValueError) as e:
+    raise DataError(
+        f"data.streaming=True reads '{name}' by random access, which needs its files in the "
+        f"ArrayRecord format, but data_dir={data_dir} holds another ({e.__class__.__name__}: "
+        f"{str(e).splitlines()[0]}). Convert it once: `tfds convert_format "
+        f"--dataset_dir=DIR/{name}/VERSION --out_file_format=array_record` (or build it with "
+        f"`tfds build {name} --file_format=array_record`), or set data.streaming=False to load "
+        "the split into memory.") from e
+  plan = label_plan(data_config, classes,
+                    lambda: list(builder.info.features["label"].names))
+  indices = None
+  if plan.keep is not None:
+    stored = np.concatenate([np.array([r[plan.keep_field] for r in source.__getitems__(range(
+        i, min(i + 1024, len(source))))], np.int64) for i in range(0, len(source), 1024)])
+    indices = np.flatnonzero(plan.kept({plan.keep_field: stored}))
+  image = builder.info.features["image"]
+  return StreamingSplit(source=source, indices=indices, label_fields=plan.fields,
+                        relabel=plan.lookups, num_classes=plan.num_classes,
+                        image_format=image.encoding_format or "png",
+                        channels=data_config.get("channels") or image.shape[-1] or 3,
+                        origin=f"{name}/{split}@{data_dir}")
+
+
+def _load_folder(data_dir, split, image_size, channels):
+  from cl_jax.data import own_data  # pylint: disable=g-import-not-at-top
+  return own_data.load_folder(data_dir, split, image_size, channels)
+
+
+def _load_npz(data_dir, split, image_size, channels):
+  from cl_jax.data import own_data  # pylint: disable=g-import-not-at-top
+  return own_data.load_npz(data_dir, split, image_size, channels)
+
+
+# The sources held in memory and decoded once per process: name → loader(data_dir, split,
+# image_size, channels) → (Split with the stored labels, class names of `label` or None).
+# Any other data.dataset is a tfds dataset.
+LOCAL = {
+    EMBEDDED: lambda d, split, size, c: (load_digits(split, size), None),
+    PHOTOS: lambda d, split, size, c: (load_photos(split, size), None),
+    IDX: lambda d, split, size, c: (load_idx(d, split, size), None),
+    FOLDER: _load_folder,
+    NPZ: _load_npz,
+}
 
 
 @functools.lru_cache(maxsize=8)
-def _load_local(dataset: str, split: str, image_size: int, data_dir) -> Split:
-  """The embedded and IDX sources, decoded once per process: a sweep's runs share one copy
-  (Split arrays are never written). tfds splits are not cached (tfds may be mocked in tests)."""
-  loaded = {EMBEDDED: lambda: load_digits(split, image_size),
-            PHOTOS: lambda: load_photos(split, image_size),
-            IDX: lambda: load_idx(data_dir, split, image_size)}[dataset]()
+def _load_local(dataset: str, split: str, image_size: int, data_dir, channels: int):
+  """(Split, label names) of a `LOCAL` source, decoded once per process: a sweep's runs share one
+  copy (Split arrays are never written). tfds splits are not cached (tfds may be mocked in
+  tests)."""
+  loaded, names = LOCAL[dataset](data_dir, split, image_size, channels)
   for array in (loaded.images, *loaded.labels.values()):
     array.setflags(write=False)
-  return loaded
+  return loaded, names
 
 
 def load(data_config, split: str):
   """The `split` ('train' or 'test') of `data_config.dataset`: a `Split` in memory at
-  `data_config.image_size`, or with `data.streaming` a `StreamingSplit`."""
+  `data_config.image_size` with `data.channels` channels (0: as stored), or with
+  `data.streaming` a `StreamingSplit`; labelled by its `label_plan`."""
   if data_config.get("streaming"):
     return load_streaming(data_config, split)
-  if data_config.dataset in (EMBEDDED, PHOTOS, IDX):
-    loaded = _load_local(data_config.dataset, split, data_config.image_size,
-                         data_config.data_dir)
+  channels = data_config.get("channels") or 0
+  if data_config.dataset in LOCAL:
+    loaded, names = _load_local(data_config.dataset, split, data_config.image_size,
+                                data_config.data_dir, channels)
+    names_of = lambda: names or [str(i) for i in range(loaded.num_classes["label"])]
   else:
     loaded = load_tfds(data_config.dataset, split, data_config.image_size, data_config.data_dir)
-  if data_config.get("class_subset"):
-    loaded = restrict_to_classes(loaded, label_names(data_config.dataset, data_config.data_dir),
-                                 read_class_subset(data_config.class_subset),
-                                 data_config.class_subset)
-  if data_config.coarse_labels:
-    return class_and_subclass(loaded, data_config.dataset)
-  return loaded
+    names_of = lambda: label_names(data_config.dataset, data_config.data_dir)
+  if channels and loaded.images.shape[-1] != channels:
+    from cl_jax.data import own_data  # pylint: disable=g-import-not-at-top
+    loaded = Split(own_data.to_channels(loaded.images, channels), loaded.labels,
+                   loaded.num_classes)
+  return apply_label_plan(loaded, label_plan(data_config, loaded.num_classes, names_of))

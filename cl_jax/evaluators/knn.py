@@ -15,4 +15,7 @@ def title(cfg) -> str:
 
 
 def evaluate(context, cfg) -> dict:
-  return evaluation.knn_accuracies(*context.features(), k=cfg.k, temperature=cfg.temperature)
+  train, test = context.features()
+  if not test.num_classes:
+    return evaluation.nothing_to_probe(context, "knn")
+  return evaluation.knn_accuracies(train, test, k=cfg.k, temperature=cfg.temperature)

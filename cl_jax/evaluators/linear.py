@@ -31,6 +31,8 @@ def title(cfg) -> str:
 
 def evaluate(context, cfg) -> dict:
   features = context.features()
+  if not features[1].num_classes and "bits" not in features[1].labels:
+    return evaluation.nothing_to_probe(context, "linear")
   if cfg.features == "embedding":
     features = [dataclasses.replace(f, h=f.z) for f in features]
   return evaluation.probe_all_labels(*features, l2=cfg.l2, steps=cfg.probe_steps)

@@ -16,4 +16,7 @@ def title(cfg) -> str:
 
 def evaluate(context, cfg) -> dict:
   del cfg
-  return evaluation.online_probe_accuracy(context.features()[1])
+  test = context.features()[1]
+  if not set(test.online) & set(test.labels):
+    return evaluation.nothing_to_probe(context, "online")
+  return evaluation.online_probe_accuracy(test)
