@@ -36,3 +36,8 @@ def save_figure(fig, path: epath.PathLike, dpi: int = 110):
   fig.savefig(buffer, format="png", dpi=dpi)
   plt.close(fig)
   epath.Path(path).write_bytes(buffer.getvalue())
+
+
+def is_local(path) -> bool:
+  """True for a path on this machine's filesystem (not a bucket URI)."""
+  return "://" not in str(path)

@@ -95,8 +95,11 @@ def section(record: dict, commentary: str = "") -> str:
   lines = [f"## {record['name']}", "", spec.get("description", ""), "",
            f"```\n{record['command']}\n```", "",
            f"{len(rows)} points × {record['seeds']} seeds = {runs} runs on {record['devices']}, "
-           f"{record['date']} (JAX {record['jax']}); the last invocation took "
-           f"{record['wall_seconds_this_invocation'] / 60:.1f} min.", "",
+           f"{record['date']} (JAX {record['jax']}); " + (
+               f"{record['shards']} shards took {record['wall_seconds_all_shards'] / 60:.1f} "
+               "min in all." if record.get("shards", 1) > 1 else
+               f"the last invocation took {record['wall_seconds_this_invocation'] / 60:.1f} min."),
+           "",
            reports.markdown_table(rows, spec["axes"], reports.table_metrics(rows, sections),
                                 sections)]
   if len(spec["axes"]) == 2:

@@ -35,9 +35,17 @@ program (one per shape: seeds and temperatures are traced arguments) compiles on
 Like cl_jax.main, the sweep runs on several processes (a pod slice, SLURM, launch/local_cluster.py;
 `--distributed`): every process trains every run together, process 0 writes the reports. On
 SIGTERM it saves the run in progress and exits 75; rerunning the command resumes it.
+
+Spread over independent processes instead (SLURM array tasks, TPU hosts, local processes:
+`cl_jax.analysis.shards`), each shard trains its share: `--num_shards=N --shard_index=i`
+(defaults from a SLURM array's variables), every run claimed before it is trained, and
+`--collect` writes the reports once every run has its eval.json (a shard that finds the whole
+grid finished writes them itself). Each shard records what it trained and its wall time in
+<workdir>/shards/shard<i>.json.
 """
 import itertools
 import math
+import socket
 import sys
 import time
 
@@ -45,7 +53,8 @@ import jax
 from absl import flags, logging
 from ml_collections import config_flags
 
-from cl_jax import cli, jit_cache, paths, plots, train
+from cl_jax import cli, jit_cache, paths, plots, spec, train
+from cl_jax.analysis import shards
 from cl_jax.analysis.reports import (accuracy_sections, aggregate, collect_embeddings,  # noqa: F401
                                      markdown_table, pivot_table, plot, table_metrics)
 from cl_jax.spec import apply_overrides
@@ -65,7 +74,20 @@ _PARALLEL_RUNS = flags.DEFINE_integer(
     "(default_parallel_runs).")
 _DISTRIBUTED = flags.DEFINE_bool("distributed", False, "Join a multi-process job (as cl_jax.main "
                                  "--distributed): every process trains every run.")
+_NUM_SHARDS = flags.DEFINE_integer("num_shards", None, "Spread the sweep over this many "
+                                   "independent processes (default: SLURM_ARRAY_TASK_COUNT in a "
+                                   "SLURM array job, else 1).")
+_SHARD_INDEX = flags.DEFINE_integer("shard_index", None, "This process's shard, 0..num_shards−1 "
+                                    "(default: SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN, else 0).")
+_COLLECT = flags.DEFINE_bool("collect", False, "Train nothing: read every run's eval.json and "
+                             "write the reports; exit 1 listing the runs without one.")
+_CLAIM_TIMEOUT = flags.DEFINE_float("claim_timeout", 3600.0, "Seconds after which a run's claim "
+                                    "that was not refreshed (its shard died) is taken over.")
+_RECLAIM = flags.DEFINE_bool("reclaim", False, "Take over every claim at once (the shards that "
+                             "held them are known to be dead).")
 flags.mark_flags_as_required(["config", "sweep", "workdir"])
+TRAINING_FLAGS = ("num_shards", "shard_index", "parallel_runs", "distributed", "reclaim",
+                  "claim_timeout")
 
 
 def grid(spec: dict):
@@ -106,53 +128,137 @@ def default_parallel_runs(config) -> int:
   return int(max(1, min(16, 2**24 // pixels)))
 
 
-def train_pending(runs: list, parallel_runs) -> None:
-  """Train the runs without an eval.json: those that differ only in seed and temperature
-  (`train.group_key`) in vmapped groups of at most `parallel_runs` (None: the default), in the
-  order given; unfinished runs resume from their checkpoints."""
+def pending_groups(runs: list) -> list:
+  """The runs without an eval.json, grouped by `train.group_key` (first appearance order)."""
   groups = {}
   for config, run_dir in runs:
     if not (run_dir / "eval.json").exists():
       groups.setdefault(train.group_key(config), []).append((config, run_dir))
-  for group in groups.values():
+  return list(groups.values())
+
+
+def train_pending(runs: list, parallel_runs, num_shards: int = 1, shard_index: int = 0,
+                  claims=None) -> list:
+  """Train this shard's share of the runs without an eval.json (`shards.assign` deals their
+  groups whole): runs that differ only in seed and temperature (`train.group_key`) in vmapped
+  groups of at most `parallel_runs` (None: the default); unfinished runs resume from their
+  checkpoints. With `claims`, a run is trained only once claimed (another shard may hold it or
+  have finished it). Returns the run directories trained."""
+  groups = pending_groups(runs)
+  dealt = shards.assign(groups, num_shards)
+  trained = []
+  for group, shard in zip(groups, dealt):
+    if shard != shard_index:
+      continue
     size = parallel_runs or default_parallel_runs(group[0][0])
     for first in range(0, len(group), size):
       chunk = group[first:first + size]
+      if claims is not None:
+        chunk = [(c, d) for c, d in chunk if claims.take(d)]
+        if not chunk:
+          continue
       logging.info("Sweep: training %s", ", ".join(f"{d.parent.name}/{d.name}" for _, d in chunk))
-      train.train_and_evaluate_runs([c for c, _ in chunk], [d for _, d in chunk])
+      try:
+        train.train_and_evaluate_runs([c for c, _ in chunk], [d for _, d in chunk])
+      finally:
+        if claims is not None:
+          for _, d in chunk:
+            claims.release(d)
+      trained += [f"{d.parent.name}/{d.name}" for _, d in chunk]
     jit_cache.clear()  # the persistent cache keeps the compiled programs
+  return trained
+
+
+def missing_runs(point_runs: list, num_shards: int) -> list:
+  """"point/seedS (shard i of N)" of every run without an eval.json."""
+  groups = pending_groups([run for runs in point_runs for run in runs])
+  dealt = shards.assign(groups, num_shards)
+  return [f"{d.parent.name}/{d.name} (shard {shard} of {num_shards})"
+          for group, shard in zip(groups, dealt) for _, d in group]
+
+
+_STARTED = time.time()
 
 
 def main(argv):
   del argv
-  spec = paths.read_json(_SWEEP.value)
-  seeds = _SEEDS.value or spec.get("seeds", 1)
-  points = grid(spec)
+  spec_file = paths.read_json(_SWEEP.value)
+  seeds = _SEEDS.value or spec_file.get("seeds", 1)
+  points = grid(spec_file)
   base = _CONFIG.value
-  cli.setup(math.gcd(*(overrides.get("train.batch_size", base.train.batch_size)
-                       for _, _, overrides in points)), _DISTRIBUTED.value)
+  given = [f"--{name}" for name in TRAINING_FLAGS if flags.FLAGS[name].present]
+  if _COLLECT.value and given:
+    raise spec.ConfigError(f"--collect trains nothing, so {', '.join(given)} would be ignored: "
+                           "drop them (collect reads every run's eval.json and writes the "
+                           "reports).")
+  num_shards, shard_index = shards.from_flags_or_slurm(_NUM_SHARDS.value, _SHARD_INDEX.value)
+  if num_shards > 1 and _DISTRIBUTED.value:
+    raise spec.ConfigError("--distributed makes every process train every run together; "
+                           f"--num_shards={num_shards} spreads the runs over independent "
+                           "processes instead. Use one of them.")
+  cli.setup(None if _COLLECT.value else math.gcd(*(
+      overrides.get("train.batch_size", base.train.batch_size) for _, _, overrides in points)),
+            _DISTRIBUTED.value)
   workdir = paths.workdir_path(_WORKDIR.value)
-  workdir.mkdir(parents=True, exist_ok=True)
-  jax.config.update("jax_compilation_cache_dir", str(workdir / ".jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
-  started = time.time()
   point_runs = [run_configs(base, overrides, seeds, workdir / name)
                 for name, _, overrides in points]
-  train_pending([run for runs in point_runs for run in runs], _PARALLEL_RUNS.value)
+  if _COLLECT.value:
+    reports = [paths.read_json(p) for p in sorted((workdir / "shards").glob("shard*.json"))] if (
+        workdir / "shards").exists() else []
+    missing = missing_runs(point_runs, max([r["num_shards"] for r in reports], default=1))
+    if missing:
+      total = sum(len(runs) for runs in point_runs)
+      raise spec.ConfigError(f"{len(missing)} of {total} runs have no eval.json: "
+                             f"{', '.join(missing)}. Train them (rerun those shards), then "
+                             "collect again; nothing was written.")
+    write_all_reports(base, points, point_runs, spec_file, seeds, workdir, reports)
+    return
+  workdir.mkdir(parents=True, exist_ok=True)
+  if jax.process_count() == 1:  # one process per cache folder: the same files are never written
+    cache = workdir / ".jax_cache" / (f"shard{shard_index}" if num_shards > 1 else "")
+    jax.config.update("jax_compilation_cache_dir", str(cache))  # twice (docs/design.md)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+  claims = shards.Claims(_CLAIM_TIMEOUT.value, _RECLAIM.value) if num_shards > 1 else None
+  try:
+    trained = train_pending([run for runs in point_runs for run in runs], _PARALLEL_RUNS.value,
+                            num_shards, shard_index, claims)
+  finally:
+    if claims is not None:
+      claims.close()
+  report = {"shard": shard_index, "num_shards": num_shards, "trained": trained,
+            "wall_seconds": round(time.time() - _STARTED, 1), "host": socket.gethostname()}
+  if num_shards > 1 and jax.process_index() == 0:
+    (workdir / "shards").mkdir(exist_ok=True)
+    paths.write_json(workdir / "shards" / f"shard{shard_index}.json", report)
+  if missing_runs(point_runs, num_shards):  # other shards are still training
+    logging.info("Shard %d of %d done (%d runs); --collect writes the reports once every shard "
+                 "has finished.", shard_index, num_shards, len(trained))
+    return
+  reports = ([paths.read_json(p) for p in sorted((workdir / "shards").glob("shard*.json"))]
+             if num_shards > 1 else [report])
+  write_all_reports(base, points, point_runs, spec_file, seeds, workdir, reports)
+
+
+def write_all_reports(base, points, point_runs, spec_file: dict, seeds: int, workdir,
+                      reports: list):
+  """Every report of the finished grid (process 0 writes), and the table printed; `reports`:
+  the shards' records (what each trained and its wall time)."""
   rows = [aggregate(name, labels, overrides,
                     [{"seed": config.seed, **paths.read_json(run_dir / "eval.json")}
                      for config, run_dir in runs])
           for (name, labels, overrides), runs in zip(points, point_runs)]
   sections = accuracy_sections(base)
-  table = markdown_table(rows, spec["axes"], table_metrics(rows, sections), sections)
-  if len(spec["axes"]) == 2:
-    table += "\n\n" + pivot_table(rows, spec["axes"], _METRIC.value)
+  table = markdown_table(rows, spec_file["axes"], table_metrics(rows, sections), sections)
+  if len(spec_file["axes"]) == 2:
+    table += "\n\n" + pivot_table(rows, spec_file["axes"], _METRIC.value)
   if jax.process_index() == 0:
-    write_reports(rows, spec, table, workdir)
+    write_reports(rows, spec_file, table, workdir)
     paths.write_json(workdir / "sweep.json", {
         "command": " ".join(["python -m cl_jax.analysis.sweep", *sys.argv[1:]]),
-        "spec": spec, "seeds": seeds, "metric": _METRIC.value, "sections": sections,
-        "wall_seconds_this_invocation": round(time.time() - started, 1),
+        "spec": spec_file, "seeds": seeds, "metric": _METRIC.value, "sections": sections,
+        "shards": max([r.get("num_shards", 1) for r in reports], default=1),
+        "wall_seconds_this_invocation": round(time.time() - _STARTED, 1),
+        "wall_seconds_all_shards": round(sum(r["wall_seconds"] for r in reports), 1),
         "date": time.strftime("%Y-%m-%d"), "devices": f"{jax.device_count()} × "
         f"{jax.devices()[0].device_kind}", "jax": jax.__version__})
   print(table)
