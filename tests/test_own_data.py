@@ -120,10 +120,17 @@ def test_class_subset_and_coarse_labels_apply_to_own_data(tmp_path):
   assert split.num_classes == {"label": 3} and set(np.unique(split.labels["label"])) <= {0, 1, 2}
 
 
-def test_encode_equals_the_evaluators_features(tmp_path):
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A 2-step run of the embedded default (shared by the tests that read a finished run)."""
+  workdir = tmp_path_factory.mktemp("trained") / "run"
+  train.train_and_evaluate(_config(), str(workdir), ONE_DEVICE)
+  return workdir
+
+
+def test_encode_equals_the_evaluators_features(trained):
   config = _config()
-  train.train_and_evaluate(config, str(tmp_path / "run"), ONE_DEVICE)
-  run = cl_jax.load(str(tmp_path / "run"))
+  run = cl_jax.load(str(trained))
   assert run.step == 2 and run.channels == 1 and run.config.data.random_bits == 5
   test = sources.load(config.data, "test")
   mesh = train.create_mesh()
@@ -142,9 +149,8 @@ def test_encode_equals_the_evaluators_features(tmp_path):
   assert not np.allclose(run.encode(test.images), h)
 
 
-def test_evaluate_mode_on_another_dataset_writes_its_own_file(tmp_path):
-  workdir = tmp_path / "run"
-  train.train_and_evaluate(_config(), str(workdir), ONE_DEVICE)
+def test_evaluate_mode_on_another_dataset_writes_its_own_file(trained, tmp_path):
+  workdir = trained
   before = (workdir / "eval.json").read_bytes()
   other = _config("npz", str(write_npz(tmp_path / "data.npz")))
   other.data.image_size = 28  # resized to the trained 16 px
@@ -217,11 +223,11 @@ def test_bad_npz_files_are_refused_in_one_sentence(tmp_path, overrides, message)
     sources.load(_config("npz", str(path)).data, "train")
 
 
-def test_evaluate_mode_refuses_what_it_cannot_evaluate(tmp_path):
+def test_evaluate_mode_refuses_what_it_cannot_evaluate(trained, tmp_path):
   with pytest.raises(spec.ConfigError, match=r"holds no checkpoint"):
     runs.evaluate_checkpoint(_config(), str(tmp_path / "empty"), ONE_DEVICE)
-  workdir = str(tmp_path / "run")
-  train.train_and_evaluate(_config(), workdir, ONE_DEVICE)
+  workdir = str(trained)
+  before = sorted(os.listdir(workdir))
   changed = _config()
   changed.model.embed_dim = 32
   changed.loss.temperature = 0.5
@@ -233,7 +239,7 @@ def test_evaluate_mode_refuses_what_it_cannot_evaluate(tmp_path):
   with pytest.raises(spec.ConfigError, match=r"gives 3-channel images, but the encoder .* takes "
                      r"1-channel images: set data.channels=1"):
     runs.evaluate_checkpoint(rgb, workdir, ONE_DEVICE)
-  assert not any(name.startswith("eval_") for name in os.listdir(workdir))
+  assert sorted(os.listdir(workdir)) == before  # nothing written
 
 
 def test_unknown_config_override_names_the_closest_fields(tmp_path):

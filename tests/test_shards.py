@@ -41,6 +41,21 @@ def test_groups_are_dealt_whole_heaviest_first_and_deterministically(tmp_path):
   assert shards.assign(groups, 1) == [0] * 4
 
 
+def test_runs_that_train_one_by_one_are_dealt_one_by_one(tmp_path):
+  """With --parallel_runs=1 (the CPU default) each run is its own program, so the 9 runs of a
+  group key balance over 2 shards; with 3 they go in groups of 3."""
+  runs = sweep.run_configs(simclr_randbit.get_config(), {}, 9, tmp_path / "p")
+  one_by_one = sweep.pending_groups(runs, 1)
+  assert [len(g) for g in one_by_one] == [1] * 9
+  assert sorted(shards.assign(one_by_one, 2)) == [0] * 5 + [1] * 4
+  threes = sweep.pending_groups(runs, 3)
+  assert [[d.name for _, d in g] for g in threes] == [[f"seed{s}" for s in range(i, i + 3)]
+                                                     for i in (0, 3, 6)]
+  (tmp_path / "p" / "seed4").mkdir(parents=True)
+  (tmp_path / "p" / "seed4" / "eval.json").write_text("{}")
+  assert [len(g) for g in sweep.pending_groups(runs, 3)] == [3, 3, 2]  # finished runs drop out
+
+
 @pytest.mark.parametrize("flags,env,expected", [
     ((None, None), {}, (1, 0)),
     ((4, 2), {}, (4, 2)),

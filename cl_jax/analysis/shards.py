@@ -2,10 +2,13 @@
 
 SLURM array tasks, TPU hosts or local processes run the same sweep command with
 `--num_shards=N --shard_index=i` (inside a SLURM array job both default to the array's
-variables). The pending runs' vmapped groups (`train.group_key`) are dealt to the shards whole,
-heaviest first to the least loaded shard (`assign`), by an estimate of their cost:
-steps × batch × pixels × runs. The deal depends only on the grid and what is finished, so every
-shard computes the same one without talking to the others.
+variables). The pending runs' vmapped groups — the runs that train as one program: same
+`train.group_key`, at most `--parallel_runs` of them (on CPU one run each) — are dealt to the
+shards whole, heaviest first to the least loaded shard (`assign`), by an estimate of their cost:
+steps × batch × pixels × runs. A group is never split; a sweep point's seeds that would train one
+after another anyway may go to different shards (on CPU the random-bits table is 5 group keys of
+9 runs: dealt by key, 2 shards would get 27 and 18 runs). The deal depends only on the grid and
+what is finished, so every shard computes the same one without talking to the others.
 
 Shards share one directory (or bucket). Before training a run, a shard claims it
 (`<run>/claim.json`: host, pid, time; created exclusively on a local filesystem, written then read

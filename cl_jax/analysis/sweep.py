@@ -128,56 +128,56 @@ def default_parallel_runs(config) -> int:
   return int(max(1, min(16, 2**24 // pixels)))
 
 
-def pending_groups(runs: list) -> list:
-  """The runs without an eval.json, grouped by `train.group_key` (first appearance order)."""
+def pending_groups(runs: list, parallel_runs) -> list:
+  """The runs without an eval.json as the vmapped groups they train in: runs with the same
+  `train.group_key` (first appearance order), in chunks of at most `parallel_runs` (None: the
+  default for their config)."""
   groups = {}
   for config, run_dir in runs:
     if not (run_dir / "eval.json").exists():
       groups.setdefault(train.group_key(config), []).append((config, run_dir))
-  return list(groups.values())
+  chunks = []
+  for group in groups.values():
+    size = parallel_runs or default_parallel_runs(group[0][0])
+    chunks += [group[first:first + size] for first in range(0, len(group), size)]
+  return chunks
 
 
 def train_pending(runs: list, parallel_runs, num_shards: int = 1, shard_index: int = 0,
                   claims=None) -> list:
-  """Train this shard's share of the runs without an eval.json (`shards.assign` deals their
-  groups whole): runs that differ only in seed and temperature (`train.group_key`) in vmapped
-  groups of at most `parallel_runs` (None: the default); unfinished runs resume from their
-  checkpoints. With `claims`, a run is trained only once claimed (another shard may hold it or
-  have finished it). Returns the run directories trained."""
-  groups = pending_groups(runs)
-  dealt = shards.assign(groups, num_shards)
-  trained = []
-  for group, shard in zip(groups, dealt):
+  """Train this shard's share of the runs without an eval.json: their vmapped groups
+  (`pending_groups`), dealt whole by `shards.assign`, each one program; unfinished runs resume
+  from their checkpoints. With `claims`, a run is trained only once claimed (another shard may
+  hold it or have finished it). Returns the run directories trained ("point/seedS")."""
+  groups = pending_groups(runs, parallel_runs)
+  trained, previous_key = [], None
+  for group, shard in zip(groups, shards.assign(groups, num_shards)):
     if shard != shard_index:
       continue
-    size = parallel_runs or default_parallel_runs(group[0][0])
-    for first in range(0, len(group), size):
-      chunk = group[first:first + size]
+    key = train.group_key(group[0][0])
+    if previous_key is not None and key != previous_key:
+      jit_cache.clear()  # another shape: the persistent cache keeps the compiled programs
+    previous_key = key
+    if claims is not None:
+      group = [(c, d) for c, d in group if claims.take(d)]
+      if not group:
+        continue
+    logging.info("Sweep: training %s", ", ".join(f"{d.parent.name}/{d.name}" for _, d in group))
+    try:
+      train.train_and_evaluate_runs([c for c, _ in group], [d for _, d in group])
+    finally:
       if claims is not None:
-        chunk = [(c, d) for c, d in chunk if claims.take(d)]
-        if not chunk:
-          continue
-      logging.info("Sweep: training %s", ", ".join(f"{d.parent.name}/{d.name}" for _, d in chunk))
-      try:
-        train.train_and_evaluate_runs([c for c, _ in chunk], [d for _, d in chunk])
-      finally:
-        if claims is not None:
-          for _, d in chunk:
-            claims.release(d)
-      trained += [f"{d.parent.name}/{d.name}" for _, d in chunk]
-    jit_cache.clear()  # the persistent cache keeps the compiled programs
+        for _, d in group:
+          claims.release(d)
+    trained += [f"{d.parent.name}/{d.name}" for _, d in group]
   return trained
 
 
-def missing_runs(point_runs: list, num_shards: int) -> list:
+def missing_runs(point_runs: list, num_shards: int, parallel_runs) -> list:
   """"point/seedS (shard i of N)" of every run without an eval.json."""
-  groups = pending_groups([run for runs in point_runs for run in runs])
-  dealt = shards.assign(groups, num_shards)
+  groups = pending_groups([run for runs in point_runs for run in runs], parallel_runs)
   return [f"{d.parent.name}/{d.name} (shard {shard} of {num_shards})"
-          for group, shard in zip(groups, dealt) for _, d in group]
-
-
-_STARTED = time.time()
+          for group, shard in zip(groups, shards.assign(groups, num_shards)) for _, d in group]
 
 
 def main(argv):
@@ -205,7 +205,8 @@ def main(argv):
   if _COLLECT.value:
     reports = [paths.read_json(p) for p in sorted((workdir / "shards").glob("shard*.json"))] if (
         workdir / "shards").exists() else []
-    missing = missing_runs(point_runs, max([r["num_shards"] for r in reports], default=1))
+    missing = missing_runs(point_runs, max([r["num_shards"] for r in reports], default=1),
+                           next((r["parallel_runs"] for r in reports), None))
     if missing:
       total = sum(len(runs) for runs in point_runs)
       raise spec.ConfigError(f"{len(missing)} of {total} runs have no eval.json: "
@@ -226,11 +227,12 @@ def main(argv):
     if claims is not None:
       claims.close()
   report = {"shard": shard_index, "num_shards": num_shards, "trained": trained,
+            "parallel_runs": _PARALLEL_RUNS.value,
             "wall_seconds": round(time.time() - _STARTED, 1), "host": socket.gethostname()}
   if num_shards > 1 and jax.process_index() == 0:
     (workdir / "shards").mkdir(exist_ok=True)
     paths.write_json(workdir / "shards" / f"shard{shard_index}.json", report)
-  if missing_runs(point_runs, num_shards):  # other shards are still training
+  if missing_runs(point_runs, num_shards, _PARALLEL_RUNS.value):  # other shards still train
     logging.info("Shard %d of %d done (%d runs); --collect writes the reports once every shard "
                  "has finished.", shard_index, num_shards, len(trained))
     return
