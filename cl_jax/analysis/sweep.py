@@ -180,6 +180,9 @@ def missing_runs(point_runs: list, num_shards: int, parallel_runs) -> list:
           for group, shard in zip(groups, shards.assign(groups, num_shards)) for _, d in group]
 
 
+_STARTED = time.time()  # this invocation's start (sweep.json, the shard reports)
+
+
 def main(argv):
   del argv
   spec_file = paths.read_json(_SWEEP.value)
