@@ -51,8 +51,8 @@ def hide_accelerators_from_tensorflow():
 
 def use_compilation_cache() -> Optional[str]:
   """Keep the compiled programs in JAX's persistent compilation cache, so that a rerun (the quick
-  start again, a sweep's next run of a shape after a restart) loads them instead of compiling:
-  the quick start took 23 s with the cache warm against 34 s without (2 CPU cores). The folder
+  start again, a sweep's next run of a shape after a restart) loads them instead of compiling
+  (timings: benchmarks/README.md). The folder
   is $XDG_CACHE_HOME/cl_jax/xla (default ~/.cache/cl_jax/xla); returns it, or None when left
   off: CL_JAX_COMPILATION_CACHE=0, or JAX_COMPILATION_CACHE_DIR already set (JAX then uses that
   folder itself). Only single-process jobs use it: processes sharing a host would write the
@@ -66,7 +66,7 @@ def use_compilation_cache() -> Optional[str]:
   jax.config.update("jax_compilation_cache_dir", folder)
   if "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS" not in os.environ:
     # Every program, however quick to compile: a run's many small ones (its first checkpoint's,
-    # log steps', evaluations') took 1.7 s of a warm quick start at a 0.2-s threshold.
+    # log steps', evaluations') add up to a noticeable part of a warm quick start.
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
   return folder
 

@@ -105,7 +105,7 @@ def grid(spec: dict):
 
 def run_configs(base_config, overrides: dict, seeds: int, point_dir) -> list:
   """[(config, run_dir)] of one grid point's seeds 0..seeds−1. Only seed 0 draws the embedding
-  maps (the sweep shows seed 0's; their t-SNE is ~3 s of a ~20 s embedded-default run)."""
+  maps (the sweep shows seed 0's; their t-SNE is a large part of a small run)."""
   runs = []
   for seed in range(seeds):
     config = base_config.copy_and_resolve_references()

@@ -253,7 +253,7 @@ class TrainBatches:
 
   def close(self):
     """Stop tf.data's threads now (left to the garbage collector, they held up the next run of a
-    sweep by ~10 s)."""
+    sweep)."""
     if getattr(self, "_batches", None) is not None:
       self._batches.close()
 
