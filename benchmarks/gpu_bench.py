@@ -144,10 +144,11 @@ def jax_step_setup(config, image_shape, probe_classes, batch, seeds=0):
   """The project's own train step (train.train_step) jitted as cl_jax.main does, on a
   device-resident random batch. seeds > 0: S independent runs as one vmapped program."""
   mesh = train.create_mesh(jax.devices()[:1])
-  model = models.create_model(config.model, probe_classes)
+  model = models.create_model(config.model, probe_classes,
+                              predictor=config.loss.name in objectives.WITH_PREDICTOR)
   schedule = optim.learning_rate_schedule(config.optim, batch, 10_000, 100)
   tx = optim.create_optimizer(config.optim, schedule)
-  objective = objectives.create(config, mesh.devices.size)
+  objective = objectives.create(config, mesh.devices.size, num_steps=10_000)
   state = train.create_train_state(model, tx, (1, *image_shape), config.seed, mesh, objective)
   rng = np.random.default_rng(0)
   data = {"view1": rng.standard_normal((batch, *image_shape), np.float32),
@@ -359,6 +360,96 @@ def _():
           "blocks_ms": [round(p * 1e3, 2) for p in per], "compile_s": round(compile_s, 1)}
 
 
+def ssl_r18cifar(method, batch=512, steps=30):
+  """A method of configs/ssl_methods.py:cifar10 (ResNet-18, wide projector) in bf16."""
+  from configs import ssl_methods
+  c = ssl_methods.get_config("cifar10")
+  c.loss.name = method
+  c.model.dtype = "bfloat16"
+  c.data.random_bits = 0
+  batch = 8 if SMOKE else batch
+  c.train.batch_size = batch
+  if SMOKE:
+    c.model.head_hidden_dim = c.model.embed_dim = c.model.predictor_hidden_dim = 64
+  run, compile_s = jax_step_setup(c, (32, 32, 3), {"label": 10}, batch)
+  sec, per = timed(run, steps)
+  ips = 2 * batch / sec
+  return {"images_per_s": round(ips, 1), "step_ms": round(sec * 1e3, 2),
+          "compile_s": round(compile_s, 1), "epoch_s_cifar10": round(50000 / batch * sec, 2)}
+
+
+for _method in ("byol", "simsiam", "barlow_twins", "vicreg"):
+  section(f"jax_{_method}_r18cifar_bf16_b512", 45)(
+      lambda method=_method: ssl_r18cifar(method))
+
+
+def with_data(config, image_shape, num_examples, steps):
+  """The training loop's work — the views made on the device from a resident split
+  (pipeline.TrainBatches) and the step (train.training_programs) — against the same step on one
+  resident batch. The split is random uint8 arrays of the dataset's shape (the GPU host has no
+  TensorFlow to read it; the cost does not depend on the pixels), and without TensorFlow the
+  epoch's order is a NumPy permutation instead of tf's index_shuffle (same cost on the device)."""
+  from cl_jax.data import pipeline, sources
+  if isinstance(pipeline.tf, _StubModule):
+    pipeline.epoch_order = lambda seed, epoch, n, b: np.random.default_rng(
+        [seed, epoch]).permutation(n)[:pipeline.steps_per_epoch(n, b) * b].astype(np.int32)
+  rng = np.random.default_rng(0)
+  split = sources.Split(images=rng.integers(0, 256, (num_examples, *image_shape), np.uint8),
+                        labels={"label": rng.integers(0, 10, num_examples).astype(np.int32)},
+                        num_classes={"label": 10})
+  mesh = train.create_mesh(jax.devices()[:1])
+  batch = config.train.batch_size
+  per_epoch = pipeline.steps_per_epoch(num_examples, batch)
+  batches = iter(pipeline.TrainBatches(split, config.data, seeds=[0], batch_size=batch,
+                                       start_step=0, num_steps=10**9, mesh=mesh))
+  programs = train.training_programs(config, mesh, {"label": 10}, per_epoch, 10_000)
+  first = next(batches)
+  holder = {"state": train.create_train_state(
+      programs.model, programs.tx, (1, *first["view1"].shape[2:]), [0], mesh,
+      programs.objective)}
+  hyper = jax.tree.map(lambda x: x[None], train.traced_hyperparameters(config))
+  t = time.perf_counter()
+  compiled = programs.step.lower(holder["state"], first, hyper).compile()
+  compile_s = time.perf_counter() - t
+
+  def runner(get_batch):
+    def run(n):
+      s = holder["state"]
+      for _ in range(n):
+        s, m = compiled(s, get_batch(), hyper)
+      jax.block_until_ready(m)
+      holder["state"] = s
+    return run
+  resident, data = runner(lambda: first), runner(lambda: next(batches))
+  data(3)
+  sec_resident, _ = timed(resident, steps)
+  sec_data, _ = timed(data, steps)
+  return {"resident_step_ms": round(sec_resident * 1e3, 3),
+          "with_data_step_ms": round(sec_data * 1e3, 3),
+          "with_data_vs_resident": round(sec_resident / sec_data, 3),
+          "images_per_s_with_data": round(2 * batch / sec_data, 1),
+          "compile_s": round(compile_s, 1)}
+
+
+@section("jax_with_data_convnet_default", 45)
+def _():
+  c = simclr_randbit.get_config()
+  if SMOKE:
+    c.train.batch_size = 32
+  return with_data(c, (16, 16, 1), 1347, 10 if SMOKE else 100)
+
+
+@section("jax_with_data_r18cifar_bf16_b512", 60)
+def _():
+  c = simclr_randbit.get_config("cifar10")
+  c.model.dtype = "bfloat16"
+  c.data.random_bits = 0
+  if SMOKE:
+    c.train.batch_size = 8
+    c.model.encoder = "convnet"
+  return with_data(c, (32, 32, 3), 2000 if SMOKE else 50000, 5 if SMOKE else 30)
+
+
 @section("torch_r50_bf16_b256_compile", 150)
 def _():
   return torch_bench("resnet50", "bfloat16", 256, 224, R50_TRAIN_GFLOP, compile_=True)
@@ -374,6 +465,9 @@ if __name__ == "__main__":
     if isinstance(r, dict) and name != "env":
       if "error" in r or "skipped" in r:
         print(f"| {name} | {r.get('error', r.get('skipped'))[:120]} |")
+      elif name.startswith("jax_with_data"):
+        print(f"| {name} | {r['images_per_s_with_data']} | {r['with_data_step_ms']} (resident "
+              f"{r['resident_step_ms']}) | | {r['compile_s']} |")
       elif name.startswith("jax_convnet"):
         for k, v in r.items():
           if isinstance(v, dict):

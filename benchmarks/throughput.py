@@ -20,14 +20,13 @@ are the matmuls, "concatenate" and "pad_slice_fusion" the ConvNet's im2col), and
 can exceed the step's wall time).
 """
 import collections
-import functools
 import json
 import pathlib
 import re
 import tempfile
 import time
 
-from cl_jax import cli, evaluators, models, objectives, optim, paths, train, validate
+from cl_jax import cli, evaluators, paths, train, validate
 from cl_jax.data import pipeline, sources
 
 import jax  # noqa: E402  (after cl_jax.data, which imports TensorFlow quietly)
@@ -106,16 +105,12 @@ def main(_):
   host_rate = rate(lambda n: [next(host) for _ in range(n)], steps)
   del host, views  # stop their prefetching: it would take cores from the timings below
 
-  model = models.create_model(config.model, pipeline.label_classes(split, config.data))
-  schedule = optim.learning_rate_schedule(config.optim, batch_size, steps, per_epoch)
-  tx = optim.create_optimizer(config.optim, schedule)
+  # The training loop's own model, objective, optimizer and jitted (vmapped) step.
+  model, objective, tx, step_fn, _, _ = train.training_programs(
+      config, mesh, pipeline.label_classes(split, config.data), per_epoch, steps)
   batches = make_batches(seeds[:1])
   first = next(batches)
   shape = (1, *first["view1"].shape[2:])
-  objective = objectives.create(config, mesh.devices.size)
-  step_fn = jax.jit(jax.vmap(functools.partial(
-      train.train_step, model=model, objective=objective, loss_config=config.loss,
-      schedule=schedule)), donate_argnums=(0,))
 
   def runs_of(run_seeds):
     state = train.create_train_state(model, tx, shape, run_seeds, mesh, objective)

@@ -234,11 +234,11 @@ def take_rows(tree, rows):
 
 
 def representation_metrics(z1: jax.Array, z2: jax.Array) -> dict:
-  """Wang & Isola (2020) alignment and uniformity, and the effective rank (docs/method.md §1.8), of the
-  embeddings z of two views (N×d each)."""
+  """Wang & Isola (2020) alignment and uniformity, the effective rank and the per-dimension std
+  of the normalised embedding (docs/method.md §1.8), of the embeddings z of two views (N×d each)."""
   z = jnp.concatenate([z1, z2])
   return {"alignment": losses.alignment(z1, z2), "uniformity": losses.uniformity(z),
-          "effective_rank": losses.effective_rank(z)}
+          "effective_rank": losses.effective_rank(z), "embedding_std": losses.embedding_std(z)}
 
 
 def test_representation_metrics(model, variables, test: Split, config, mesh) -> dict:

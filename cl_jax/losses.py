@@ -7,6 +7,7 @@ Shapes: z1, z2 are [N, d] projection-head outputs of the two views of the same N
 """
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 
@@ -131,6 +132,82 @@ def moco_infonce(q: jax.Array, k: jax.Array, queue: jax.Array, temperature: floa
 
 
 # ------------------------------------------------------------------------------------------------
+# Non-contrastive losses (docs/method.md §1.9): no negatives; collapse is avoided by a predictor
+# with a stop-gradient or a target network (BYOL, SimSiam), or by statistics of the batch that
+# decorrelate the embedding's dimensions (Barlow Twins, VICReg).
+
+def negative_cosine(p: jax.Array, z: jax.Array) -> jax.Array:
+  """−mean_i cos(p_i, z_i): the piece BYOL and SimSiam share (Chen & He 2021's D(p, z)).
+
+  The callers put the stop-gradient on z (the target branch); BYOL's 2 − 2·cos(p, z) per pair is
+  2 + 2·negative_cosine(p, z).
+
+  Args:
+    p: [N, d] predictor outputs; z: [N, d] target projections.
+  """
+  return -jnp.mean(jnp.sum(l2_normalize(p) * l2_normalize(z), axis=-1))
+
+
+def batch_standardize(z: jax.Array, eps: float = 1e-5) -> jax.Array:
+  """(z − mean) / sqrt(var + eps) per dimension over the batch, var biased (1/N): BatchNorm
+  without affine parameters in training mode, as Barlow Twins' official code normalises z."""
+  mean = jnp.mean(z, axis=0)
+  var = jnp.mean(jnp.square(z - mean), axis=0)
+  return (z - mean) * jax.lax.rsqrt(var + eps)
+
+
+def off_diagonal(m: jax.Array) -> jax.Array:
+  """The d(d−1) off-diagonal elements of a square matrix, flattened."""
+  return m[~np.eye(m.shape[0], dtype=bool)]  # a constant mask: static shapes under jit
+
+
+def barlow_twins(z1: jax.Array, z2: jax.Array, lambd: float) -> jax.Array:
+  """Barlow Twins (Zbontar et al. 2021), as its official code computes it:
+
+      c = z̃1ᵀ z̃2 / N,   L = Σ_i (1 − c_ii)² + λ Σ_{i≠j} c_ij²,
+
+  z̃ = `batch_standardize`(z) (BatchNorm without affine over the GLOBAL batch), c the d×d
+  cross-correlation of the two views' embeddings. The invariance term pulls c_ii to 1, the
+  redundancy-reduction term (λ = 5e-3 in the paper) pushes the other entries to 0.
+
+  Args:
+    z1, z2: [N, d] projector outputs of the two views (not normalised).
+    lambd: λ ≥ 0.
+  """
+  c = batch_standardize(z1).T @ batch_standardize(z2) / z1.shape[0]
+  return jnp.sum(jnp.square(1.0 - jnp.diag(c))) + lambd * jnp.sum(jnp.square(off_diagonal(c)))
+
+
+def vicreg(z1: jax.Array, z2: jax.Array, sim_coeff: float = 25.0, std_coeff: float = 25.0,
+           cov_coeff: float = 1.0) -> jax.Array:
+  """VICReg (Bardes et al. 2022), as its official code computes it, on the GLOBAL batch:
+
+      L = sim·mean((z1 − z2)²)
+        + std·½[mean_j relu(1 − s1_j) + mean_j relu(1 − s2_j)],   s_j = sqrt(Var_j(z) + 1e-4)
+        + cov·[Σ_{i≠j} C1_ij² + Σ_{i≠j} C2_ij²] / d,               C = (z − z̄)ᵀ(z − z̄) / (N − 1)
+
+  with unbiased variances (N − 1). The invariance term is the mean over the N·d elements; the
+  variance hinge keeps every dimension's std ≥ 1 (no collapse), the covariance term decorrelates
+  the dimensions. Paper defaults: sim = std = 25, cov = 1.
+
+  Args:
+    z1, z2: [N, d] expander outputs of the two views (not normalised).
+  """
+  n, d = z1.shape
+  invariance = jnp.mean(jnp.square(z1 - z2))
+
+  def variance_and_covariance(z):
+    z = z - jnp.mean(z, axis=0)
+    std = jnp.sqrt(jnp.sum(jnp.square(z), axis=0) / (n - 1) + 1e-4)
+    cov = z.T @ z / (n - 1)
+    return jnp.mean(jax.nn.relu(1.0 - std)) / 2, jnp.sum(jnp.square(off_diagonal(cov))) / d
+
+  v1, c1 = variance_and_covariance(z1)
+  v2, c2 = variance_and_covariance(z2)
+  return sim_coeff * invariance + std_coeff * (v1 + v2) + cov_coeff * (c1 + c2)
+
+
+# ------------------------------------------------------------------------------------------------
 # Generalized contrastive loss (Chen, Luo, Li 2021; docs/method.md §1.5, §1.6)
 
 PRIORS = ("logsumexp", "uniform_hypersphere", "gaussian", "uniform_hypercube")
@@ -229,6 +306,12 @@ def uniformity(z: jax.Array, t: float = 2.0) -> jax.Array:
   sq = jnp.maximum(2.0 - 2.0 * z @ z.T, 0.0)
   off_diagonal = ~jnp.eye(n, dtype=bool)
   return jax.nn.logsumexp(jnp.where(off_diagonal, -t * sq, -jnp.inf)) - jnp.log(n * (n - 1))
+
+
+def embedding_std(z: jax.Array) -> jax.Array:
+  """mean_j std_i(ẑ_ij) of the ℓ2-normalised embeddings ẑ = z/‖z‖ (Chen & He 2021, §4.1): about
+  1/√d for embeddings spread over the sphere, 0 when every example maps to one point (collapse)."""
+  return jnp.mean(jnp.std(l2_normalize(z), axis=0))
 
 
 def effective_rank(z: jax.Array) -> jax.Array:

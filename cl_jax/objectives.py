@@ -10,16 +10,18 @@ The training loop knows one interface, `Objective`:
   and the method's state after this step. `loss_config` is `config.loss` with the step's traced
   hyperparameters (the temperature) filled in.
 
-Two kinds exist (docs/method.md §1, §3):
+Three kinds exist (docs/method.md §1, §3):
 - two-view losses (SimCLR NT-Xent, its cross-view form, SCL, the joint loss, the generalized
-  loss): the encoder sees both views as ONE batch [view1; view2] (BatchNorm over 2B), or, with
-  `train.concat_views=False`, one view at a time (BatchNorm statistics per view; running averages
-  updated by view 1 then view 2, as Keras does for two calls);
+  loss, Barlow Twins, VICReg): the encoder sees both views as ONE batch [view1; view2] (BatchNorm
+  over 2B), or, with `train.concat_views=False`, one view at a time (BatchNorm statistics per
+  view; running averages updated by view 1 then view 2, as Keras does for two calls);
+- predictor methods (BYOL, SimSiam; §1.9): the model's predictor q on the online branch, the
+  target branch under a stop-gradient — for BYOL a target network, the EMA of the online one;
 - MoCo-v2 (He et al. 2020; §1.7): queries from view 1, keys from view 2 through a momentum (EMA)
   key encoder, a FIFO queue of keys, shuffle-BN over `loss.bn_groups` slices.
 """
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, NamedTuple, Optional
 
 import jax
 import jax.numpy as jnp
@@ -63,6 +65,9 @@ TWO_VIEW_LOSSES = {
     "generalized": lambda z1, z2, batch, key, cfg: losses.generalized(
         z1, z2, key, lam=cfg.lam, temperature=cfg.temperature, prior=cfg.prior,
         hidden_norm=cfg.hidden_norm, scale=cfg.scale),
+    "barlow_twins": lambda z1, z2, batch, key, cfg: losses.barlow_twins(z1, z2, cfg.lambd),
+    "vicreg": lambda z1, z2, batch, key, cfg: losses.vicreg(
+        z1, z2, cfg.sim_coeff, cfg.std_coeff, cfg.cov_coeff),
 }
 
 
@@ -79,27 +84,113 @@ def deinterleave(x: jax.Array):
   return pairs[:, 0], pairs[:, 1]
 
 
+class Views(NamedTuple):
+  """The model in training mode on a batch's two views: head outputs z, predictor outputs p (None
+  without), the probes' logits of both views interleaved, the updated BatchNorm statistics."""
+  z1: jax.Array
+  z2: jax.Array
+  p1: Any
+  p2: Any
+  probe_logits: dict
+  batch_stats: Any
+
+
+def apply_views(model, variables, batch, concat_views: bool, predict: bool = False) -> Views:
+  """Both views through `model`: as one batch (BatchNorm over all 2N images, rows interleaved) or,
+  without `concat_views`, one view at a time (running averages updated by view 1, then view 2).
+  `predict`: also the predictor's outputs (`ContrastiveModel.predict`)."""
+  def apply(variables, x):
+    return model.apply(variables, x, train=True, mutable=["batch_stats"],
+                       method="predict" if predict else None)
+  if concat_views:
+    outputs, updated = apply(variables, interleave(batch["view1"], batch["view2"]))
+    (z1, z2), logits = deinterleave(outputs[1]), outputs[2]
+    p1, p2 = deinterleave(outputs[3]) if predict else (None, None)
+  else:
+    outputs1, updated = apply(variables, batch["view1"])
+    outputs2, updated = apply({"params": variables["params"], **updated}, batch["view2"])
+    z1, z2 = outputs1[1], outputs2[1]
+    logits = {k: interleave(outputs1[2][k], outputs2[2][k]) for k in outputs1[2]}
+    p1, p2 = (outputs1[3], outputs2[3]) if predict else (None, None)
+  return Views(z1, z2, p1, p2, logits, updated["batch_stats"])
+
+
+def probe_labels(batch, logits: dict) -> dict:
+  """The labels of interleaved two-view probe logits: each example's label twice."""
+  return {name: jnp.repeat(batch[name], 2, axis=0) for name in logits}
+
+
 def two_view(contrastive: Callable, concat_views: bool = True) -> Objective:
   """The objective of a two-view loss `contrastive(z1, z2, batch, key, loss_config)`."""
 
   def loss(model, params, batch_stats, objective_state, batch, key, loss_config) -> Output:
     del objective_state
-    variables = {"params": params, "batch_stats": batch_stats}
-    if concat_views:  # one pass over both views, BatchNorm statistics over all 2N images
-      x = interleave(batch["view1"], batch["view2"])
-      (_, z, logits), updated = model.apply(variables, x, train=True, mutable=["batch_stats"])
-      z1, z2 = deinterleave(z)
-    else:
-      (_, z1, logits1), updated = model.apply(variables, batch["view1"], train=True,
-                                              mutable=["batch_stats"])
-      (_, z2, logits2), updated = model.apply({"params": params, **updated}, batch["view2"],
-                                              train=True, mutable=["batch_stats"])
-      logits = {k: interleave(logits1[k], logits2[k]) for k in logits1}
-    labels = {name: jnp.repeat(batch[name], 2, axis=0) for name in logits}
-    return Output(contrastive(z1, z2, batch, key, loss_config), logits, labels,
-                  updated["batch_stats"], None)
+    views = apply_views(model, {"params": params, "batch_stats": batch_stats}, batch,
+                        concat_views)
+    return Output(contrastive(views.z1, views.z2, batch, key, loss_config), views.probe_logits,
+                  probe_labels(batch, views.probe_logits), views.batch_stats, None)
 
   return Objective(loss=loss)
+
+
+# ------------------------------------------------------------------------------------------------
+# Predictor methods: SimSiam and BYOL (docs/method.md §1.9)
+
+def simsiam(concat_views: bool = True) -> Objective:
+  """SimSiam (Chen & He 2021): L = ½ D(p1, sg(z2)) + ½ D(p2, sg(z1)), D = `losses.negative_cosine`,
+  p = q(z) the predictor's output, sg the stop-gradient. One network, no target copy."""
+
+  def loss(model, params, batch_stats, objective_state, batch, key, loss_config) -> Output:
+    del objective_state, key, loss_config
+    v = apply_views(model, {"params": params, "batch_stats": batch_stats}, batch, concat_views,
+                    predict=True)
+    sg = jax.lax.stop_gradient
+    contrastive = 0.5 * (losses.negative_cosine(v.p1, sg(v.z2)) +
+                         losses.negative_cosine(v.p2, sg(v.z1)))
+    return Output(contrastive, v.probe_logits, probe_labels(batch, v.probe_logits),
+                  v.batch_stats, None)
+
+  return Objective(loss=loss)
+
+
+def byol_momentum(base: float, count, num_steps: int):
+  """BYOL's target decay after `count` of `num_steps` steps: τ = 1 − (1 − τ_base)·(cos(π·count /
+  num_steps) + 1)/2, from τ_base at the start to 1 at the end (Grill et al. 2020, §3.2)."""
+  return 1.0 - (1.0 - base) * (jnp.cos(jnp.pi * count / num_steps) + 1.0) / 2.0
+
+
+def byol(num_steps: int, concat_views: bool = True) -> Objective:
+  """BYOL (Grill et al. 2020): L = Σ over the two directions of 2 − 2·cos(q(z_θ(v)), sg(z_ξ(v'))),
+  i.e. 4 + 2·D(p1, z'2) + 2·D(p2, z'1) with D = `losses.negative_cosine`, z' the target network's
+  projections (BatchNorm in training mode, its statistics its own).
+
+  The target ξ is the EMA of the online parameters θ: before each step's forward pass,
+  ξ ← τ·ξ + (1 − τ)·θ with τ = `byol_momentum`(loss.momentum, steps done, num_steps), the same
+  update order as MoCo's key encoder (equal to BYOL's update after the optimizer step). State:
+  {params, batch_stats} of the target and `count`, the steps done (optax's EMA keeps it too)."""
+
+  def init_state(model, variables, key):
+    del model, key
+    return {"params": variables["params"], "batch_stats": variables["batch_stats"],
+            "count": jnp.zeros((), jnp.int32)}
+
+  def loss(model, params, batch_stats, state, batch, key, loss_config) -> Output:
+    del key
+    tau = byol_momentum(loss_config.momentum, state["count"], num_steps)
+    target_params = momentum_update(state["params"], jax.lax.stop_gradient(params), tau)
+    online = apply_views(model, {"params": params, "batch_stats": batch_stats}, batch,
+                         concat_views, predict=True)
+    target = apply_views(model, {"params": target_params, "batch_stats": state["batch_stats"]},
+                         batch, concat_views)
+    z1, z2 = (jax.lax.stop_gradient(z) for z in (target.z1, target.z2))
+    contrastive = 4.0 + 2.0 * (losses.negative_cosine(online.p1, z2) +
+                               losses.negative_cosine(online.p2, z1))
+    new_state = {"params": target_params, "batch_stats": target.batch_stats,
+                 "count": state["count"] + 1}
+    return Output(contrastive, online.probe_logits, probe_labels(batch, online.probe_logits),
+                  online.batch_stats, new_state)
+
+  return Objective(loss=loss, init_state=init_state)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -178,15 +269,22 @@ def moco(queue_size: int, bn_groups: int) -> Objective:
 # ------------------------------------------------------------------------------------------------
 
 def _two_view(name: str):
-  return lambda config, num_devices: two_view(TWO_VIEW_LOSSES[name], config.train.concat_views)
+  return lambda config, num_devices, num_steps: two_view(TWO_VIEW_LOSSES[name],
+                                                         config.train.concat_views)
 
 
-# loss.name → the objective of a config on `num_devices` devices.
+# loss.name → the objective of a config on `num_devices` devices, trained for `num_steps` steps.
 OBJECTIVES = {
     **{name: _two_view(name) for name in TWO_VIEW_LOSSES},
-    "moco": lambda config, num_devices: moco(config.loss.queue_size,
-                                             moco_bn_groups(config.loss, num_devices)),
+    "simsiam": lambda config, num_devices, num_steps: simsiam(config.train.concat_views),
+    "byol": lambda config, num_devices, num_steps: byol(num_steps, config.train.concat_views),
+    "moco": lambda config, num_devices, num_steps: moco(
+        config.loss.queue_size, moco_bn_groups(config.loss, num_devices)),
 }
+# The methods whose model has a predictor (models.create_model(..., predictor=True)).
+WITH_PREDICTOR = ("byol", "simsiam")
+# The methods whose loss reads statistics of the batch: meaningless on a tiny global batch.
+MIN_BATCH = {"barlow_twins": 16, "vicreg": 16}
 
 
 # The fields of config.loss each objective reads (validated before anything compiles).
@@ -201,12 +299,23 @@ FIELDS = dict(sorted({
                     "hidden_norm": spec.Field(), "scale": spec.positive()},
     "moco": {**_IFM, "momentum": spec.in_range(0, 1, closed_high=False),
              "queue_size": spec.positive(), "bn_groups": spec.at_least(0)},
+    "byol": {"momentum": spec.in_range(0, 1, closed_high=False)},
+    "simsiam": {},
+    "barlow_twins": {"lambd": spec.at_least(0)},
+    "vicreg": {"sim_coeff": spec.at_least(0), "std_coeff": spec.at_least(0),
+               "cov_coeff": spec.at_least(0)},
 }.items()))
 # The config file that defines a choice's fields.
 CONFIG_FILES = {"supcon": "supcon_joint.py", "joint": "supcon_joint.py",
-                "generalized": "generalized_losses.py", "moco": "moco_ifm.py"}
+                "generalized": "generalized_losses.py", "moco": "moco_ifm.py",
+                **{name: "ssl_methods.py" for name in ("byol", "simsiam", "barlow_twins",
+                                                       "vicreg")}}
 
 
-def create(config: ml_collections.ConfigDict, num_devices: int) -> Objective:
-  """The objective named by config.loss.name."""
-  return OBJECTIVES[config.loss.name](config, num_devices)
+def create(config: ml_collections.ConfigDict, num_devices: int,
+           num_steps: Optional[int] = None) -> Objective:
+  """The objective named by config.loss.name on `num_devices` devices; `num_steps`, the run's
+  length, is needed by BYOL's momentum schedule only."""
+  if config.loss.name == "byol" and not num_steps:
+    raise ValueError("BYOL's target momentum schedule needs the run's num_steps.")
+  return OBJECTIVES[config.loss.name](config, num_devices, num_steps)

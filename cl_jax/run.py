@@ -164,7 +164,7 @@ def load(workdir, step: Optional[int] = None, devices=None) -> Run:
   config = ml_collections.ConfigDict(saved)
   probes = {k[len("probe_"):]: v["kernel"].shape[-1] for k, v in variables["params"].items()
             if k.startswith("probe_")}
-  model = models.create_model(config.model, probes)
+  model = models.create_model(config.model, probes, predictor="predictor" in variables["params"])
   channels = _input_channels(model, variables, config.data.image_size, config.data.random_bits)
   return Run(config=config, step=step, workdir=workdir, model=model, variables=variables,
              channels=channels, mesh=mesh)

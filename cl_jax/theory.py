@@ -54,7 +54,6 @@ fresh samples and tested on other fresh samples; ‖W e1‖, ‖W e2‖ and the 
 ‖W e_{2+j}‖ over the easy features.
 """
 import dataclasses
-import json
 import time
 from typing import Mapping
 

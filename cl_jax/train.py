@@ -160,6 +160,22 @@ def batch_metrics(state: TrainState, batch, *, model) -> dict:
   return evaluate.representation_metrics(*objectives.deinterleave(z))
 
 
+# An embedding has collapsed when the mean per-dimension std of z/‖z‖ over a batch
+# (`losses.embedding_std`) is below this fraction of 1/√d, its value for embeddings spread over
+# the sphere; a collapsed run's features carry (almost) nothing the evaluators can read.
+COLLAPSE_FRACTION = 0.1
+
+
+def collapse_warning(name: str, step: int, std: float, embed_dim: int) -> Optional[str]:
+  """The warning for a run whose embedding std at `step` says it has collapsed, else None."""
+  if std * np.sqrt(embed_dim) >= COLLAPSE_FRACTION:
+    return None
+  return (f"{name}The embedding has collapsed at step {step}: the mean per-dimension std of "
+          f"z/‖z‖ is {std:.2g}, below {COLLAPSE_FRACTION} × 1/√d = "
+          f"{COLLAPSE_FRACTION / np.sqrt(embed_dim):.2g} (d = {embed_dim}); every image maps to "
+          "nearly the same embedding.")
+
+
 class Programs(NamedTuple):
   """What the configs of a group compile to: the model, objective and optimizer, the train step
   jitted and vmapped over the runs (donating the state), the log steps' `batch_metrics` of one
@@ -178,8 +194,9 @@ def training_programs(config: ml_collections.ConfigDict, mesh: Mesh, label_class
   mesh, label classes and step counts (`jit_cache`): the next run of a sweep calls the same
   jitted functions, without tracing or compiling them again."""
   def build():
-    model = models.create_model(config.model, label_classes)
-    objective = objectives.create(config, mesh.devices.size)
+    model = models.create_model(config.model, label_classes,
+                                predictor=config.loss.name in objectives.WITH_PREDICTOR)
+    objective = objectives.create(config, mesh.devices.size, num_steps)
     schedule = optim.learning_rate_schedule(config.optim, config.train.batch_size, num_steps,
                                             per_epoch)
     step = jax.jit(jax.vmap(functools.partial(train_step, model=model, objective=objective,
@@ -343,6 +360,7 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
       evaluations[run].run(step, last, context, writers[run])
 
   t_last, s_last = time.time(), start_step
+  collapsed = set()  # the runs already warned about
 
   def report(step, step_metrics: list, run_metrics: list):
     """Write the mean of `step_metrics` since the last report and the log step's `batch_metrics`
@@ -358,9 +376,13 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
     for run, (writer, w) in enumerate(zip(writers, workdirs)):
       scalars = {k: float(v[run]) for k, v in summary.items()}
       writer.write_scalars(step, scalars)
-      logging.info("%sstep %d/%d | %s | %.1f steps/s | ETA %s",
-                   f"{w.name}: " if len(configs) > 1 else "", step, num_steps,
+      name = f"{w.name}: " if len(configs) > 1 else ""
+      logging.info("%sstep %d/%d | %s | %.1f steps/s | ETA %s", name, step, num_steps,
                    " | ".join(f"{k} {v:.4g}" for k, v in scalars.items()), rate, eta)
+      warning = collapse_warning(name, step, scalars["embedding_std"], config.model.embed_dim)
+      if warning and run not in collapsed:
+        collapsed.add(run)
+        logging.warning(warning)
 
   def save(step, state, finite):
     """Checkpoint every run after step `step` — only if that step and the state are finite."""

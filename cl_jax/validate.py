@@ -51,6 +51,18 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   if data.class_subset and not paths.workdir_path(data.class_subset).exists():
     raise ConfigError(f"data.class_subset={data.class_subset!r} does not exist: it must be a file "
                       "of class names, one per line (e.g. configs/imagenet100_classes.txt).")
+  if loss.name in objectives.WITH_PREDICTOR:
+    for name, field in models.PREDICTOR_FIELDS.items():
+      if name not in model:
+        raise ConfigError(f"loss.name={loss.name!r} needs model.{name} (the predictor's width); "
+                          "start from configs/ssl_methods.py, which defines it.")
+      spec.check_value(f"model.{name}", model[name], field)
+  if train.batch_size < objectives.MIN_BATCH.get(loss.name, 0):
+    raise ConfigError(f"train.batch_size={train.batch_size} is too small for loss.name="
+                      f"{loss.name!r}: its loss is built from the global batch's per-dimension "
+                      f"statistics (means, variances, correlations), meaningless on fewer than "
+                      f"{objectives.MIN_BATCH[loss.name]} examples; use train.batch_size >= "
+                      f"{objectives.MIN_BATCH[loss.name]}.")
   if loss.name == "moco":
     if not train.concat_views:
       raise ConfigError("train.concat_views=False has no effect with loss.name='moco' (queries "

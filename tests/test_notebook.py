@@ -3,7 +3,6 @@ shrunk; the install cell skips because cl_jax is importable here."""
 import os
 
 import nbformat
-import pytest
 from nbclient import NotebookClient
 
 from tests.conftest import REPO
@@ -13,7 +12,7 @@ def test_colab_notebook_runs_and_shows_table_and_plot(tmp_path):
   nb = nbformat.read(os.path.join(REPO, "launch", "colab.ipynb"), as_version=4)
   parameters = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
   assert len(parameters) == 1
-  parameters[0].source = f'BITS = [5]\nNUM_STEPS = 4\nWORKDIR = "{tmp_path}/runs"'
+  parameters[0].source = f'METHOD = "vicreg"\nBITS = [5]\nNUM_STEPS = 4\nWORKDIR = "{tmp_path}/runs"'
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": REPO}}).execute()
   outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])]

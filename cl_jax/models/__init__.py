@@ -34,6 +34,8 @@ FIELDS = {
     "head_batchnorm": spec.Field(),
     "head_output_batchnorm": spec.Field(),
 }
+# Read by the objectives with a predictor (objectives.WITH_PREDICTOR) only.
+PREDICTOR_FIELDS = {"predictor_hidden_dim": spec.positive()}
 ENCODER_FIELDS = {name: {} for name in sorted(ENCODERS)}
 ENCODER_FIELDS["convnet"] = {"conv_padding": spec.one_of("SAME", "VALID", off="SAME")}
 
@@ -48,10 +50,14 @@ def create_encoder(model_config: ml_collections.ConfigDict):
   return ENCODERS[model_config.encoder](**kwargs)
 
 
-def create_model(model_config: ml_collections.ConfigDict,
-                 probe_classes: Mapping[str, int]) -> ContrastiveModel:
-  """Encoder + projection head (+ online probes for the labels in `probe_classes`). The model is
-  hashable (its probe classes a FrozenDict), so jitted functions can take it as a static argument."""
+def create_model(model_config: ml_collections.ConfigDict, probe_classes: Mapping[str, int],
+                 predictor: bool = False) -> ContrastiveModel:
+  """Encoder + projection head (+ online probes for the labels in `probe_classes`; + with
+  `predictor` a 2-layer MLP q: Dense(model.predictor_hidden_dim)→BN→ReLU→Dense(embed_dim), the
+  predictor of BYOL and SimSiam). The model is hashable (its probe classes a FrozenDict), so
+  jitted functions can take it as a static argument."""
+  bn = dict(bn_momentum=model_config.bn_momentum, bn_epsilon=model_config.bn_epsilon,
+            dtype=DTYPES[model_config.dtype])
   return ContrastiveModel(
       encoder=create_encoder(model_config),
       head=ProjectionHead(num_layers=model_config.head_layers,
@@ -59,7 +65,8 @@ def create_model(model_config: ml_collections.ConfigDict,
                           embed_dim=model_config.embed_dim,
                           batchnorm=model_config.head_batchnorm,
                           output_batchnorm=model_config.head_output_batchnorm,
-                          bn_momentum=model_config.bn_momentum,
-                          bn_epsilon=model_config.bn_epsilon,
-                          dtype=DTYPES[model_config.dtype]),
+                          **bn),
+      predictor=ProjectionHead(num_layers=2, hidden_dim=model_config.predictor_hidden_dim,
+                               embed_dim=model_config.embed_dim, output_batchnorm=False,
+                               **bn) if predictor else None,
       probe_classes=flax.core.FrozenDict(probe_classes), dtype=DTYPES[model_config.dtype])

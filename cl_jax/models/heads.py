@@ -1,5 +1,5 @@
 """Projection head (docs/method.md §3) and the model that ties encoder, head and online probes together."""
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import flax.linen as nn
 import jax
@@ -45,13 +45,22 @@ class ContrastiveModel(nn.Module):
   head: ProjectionHead
   probe_classes: Mapping[str, int]
   dtype: Any = jnp.float32
+  predictor: Optional[ProjectionHead] = None  # BYOL / SimSiam: q(z), called by `predict`
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool):
     h = self.encoder(x.astype(self.dtype), train=train)
-    z = self.head(h, train=train).astype(jnp.float32)
+    z = self.head(h, train=train)
+    if self.predictor is not None and self.is_initializing():
+      self.predictor(z, train=train)  # its parameters exist from initialisation on
+    z = z.astype(jnp.float32)
     h = h.astype(jnp.float32)
     frozen = jax.lax.stop_gradient(h)
     logits = {name: nn.Dense(n, name=f"probe_{name}")(frozen)
               for name, n in self.probe_classes.items()}
     return h, z, logits
+
+  def predict(self, x: jax.Array, train: bool):
+    """(h, z, logits, p): `__call__`'s outputs and the predictor's p = q(z) (float32)."""
+    h, z, logits = self(x, train)
+    return h, z, logits, self.predictor(z.astype(self.dtype), train=train).astype(jnp.float32)
