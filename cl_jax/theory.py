@@ -411,6 +411,25 @@ def scl_min_norm(c, seed: int) -> dict:
                               "norm": float(np.linalg.norm(w_other.T @ w_other))}}
 
 
+def scl_min_norm_by_n(c, seed: int) -> dict:
+  """Claim 2 against the sample size: the min-norm SCL minimiser's subclass and class accuracy
+  and its weight on the subclass feature ‖W e2‖ for each n of `c.claim2_sizes` (the rest of `c`
+  unchanged). With random labels a finite sample gives each class mean a small subclass
+  component ∝ 1/√n; the claim is about the population, so the subclass accuracy should fall to
+  chance (0.5) as n grows."""
+  out = {"n": list(c.claim2_sizes), "subclass_accuracy": [], "class_accuracy": [],
+         "subclass_weight": []}
+  for n in c.claim2_sizes:
+    cn = ml_collections.ConfigDict(c.to_dict())
+    cn.n = n
+    _, train, probe_train, probe_test = _setup(cn, seed)
+    a, sigma = moments(train, cn, "scl", cn.augmentation)
+    result = evaluate(min_norm_minimizer(a, sigma, cn.p), cn, probe_train, probe_test)
+    for k in ("subclass_accuracy", "class_accuracy", "subclass_weight"):
+      out[k].append(result[k])
+  return out
+
+
 def ucl_embedding_size(c, seed: int) -> dict:
   """Claims 3 and 4: class accuracy of the min-norm UCL minimiser per embedding size, with
   imperfect and good augmentation; and with many diverse easy features at the largest size."""
@@ -476,14 +495,18 @@ def _mean_over_seeds(results: list):
 
 
 CLAIMS = {"scl_dynamics": scl_dynamics, "scl_min_norm": scl_min_norm,
+          "scl_min_norm_by_n": scl_min_norm_by_n,
           "ucl_embedding_size": ucl_embedding_size, "joint": joint}
+# The number of seeds of each claim (default: c.num_seeds).
+CLAIM_SEEDS = {"scl_dynamics": lambda c: c.dynamics.num_seeds,
+               "scl_min_norm_by_n": lambda c: c.claim2_num_seeds}
 
 
 def run_claims(c) -> dict:
   """Every experiment, averaged over seeds 0..c.num_seeds−1 (per-seed results kept)."""
   out = {"settings": c.to_dict()}
   for name, fn in CLAIMS.items():
-    seeds = c.dynamics.num_seeds if name == "scl_dynamics" else c.num_seeds
+    seeds = CLAIM_SEEDS.get(name, lambda c: c.num_seeds)(c)
     per_seed = [fn(c, seed) for seed in range(seeds)]
     out[name] = {**_mean_over_seeds(per_seed), "per_seed": per_seed}
   dynamics = out["scl_dynamics"]
@@ -505,6 +528,7 @@ def verdicts(claims: Mapping, c) -> dict:
   at_p = sizes.index(c.p) if c.p in sizes else 0
   small, large = ucl["imperfect_augmentation"][at_p], ucl["imperfect_augmentation"][-1]
   diverse = ucl["diverse_easy_features_at_largest_size"]
+  by_n = np.asarray(claims["scl_min_norm_by_n"]["subclass_accuracy"]) - 0.5  # over chance
   return {
       "1_scl_learns_then_unlearns_subclass": bool(
           dyn["learn_then_unlearn"]["gd"]["fraction"] >= 0.5),
@@ -514,6 +538,8 @@ def verdicts(claims: Mapping, c) -> dict:
           mn["subclass_accuracy"] <= 0.6 and mn["other_minimizer"]["subclass_accuracy"] >= 0.8
           and abs(mn["training_loss"] - mn["other_minimizer"]["training_loss"]) <= 1e-6 *
           max(1.0, abs(mn["training_loss"]))),
+      "2_min_norm_subclass_falls_to_chance_as_n_grows": bool(
+          by_n[-1] <= max(0.5 * by_n[0], 0.02)),
       "3_ucl_small_embedding_suppresses_class_larger_restores": bool(small <= 0.6 and
                                                                     large >= 0.8),
       "4a_good_augmentation_prevents_suppression_at_small_size": bool(
@@ -536,6 +562,12 @@ def _std(claim: Mapping, *keys) -> float:
       run = run[k]
     values.append(run)
   return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+
+def _std_list(claim: Mapping, key: str) -> list:
+  """Per position, the sample std over the claim's seeds of the list at `key`."""
+  values = np.asarray([run[key] for run in claim["per_seed"]], float)
+  return (np.std(values, axis=0, ddof=1) if len(values) > 1 else 0 * values[0]).tolist()
 
 
 def summary_text(claims: Mapping) -> str:
@@ -579,6 +611,14 @@ def summary_text(claims: Mapping) -> str:
       f"{mn['class_accuracy']:.3f}) vs {mn['other_minimizer']['subclass_accuracy']:.3f} ± "
       f"{_std(mn, 'other_minimizer', 'subclass_accuracy'):.3f} at the same training loss "
       f"({mn['training_loss']:.6f} vs {mn['other_minimizer']['training_loss']:.6f}).",
+      "   against n (min-norm SCL, {} seeds): ".format(claims["settings"]["claim2_num_seeds"])
+      + "; ".join(f"n={n}: subclass {acc:.3f} ± {sd:.3f}, ‖We2‖ {w:.3f}" for n, acc, sd, w in zip(
+          claims["scl_min_norm_by_n"]["n"], claims["scl_min_norm_by_n"]["subclass_accuracy"],
+          _std_list(claims["scl_min_norm_by_n"], "subclass_accuracy"),
+          claims["scl_min_norm_by_n"]["subclass_weight"]))
+      + f": falls to chance (0.5) as n grows: "
+      f"{mark(v['2_min_norm_subclass_falls_to_chance_as_n_grows'])} (the excess over chance at "
+      "the largest n is at most half that at the smallest, or 0.02).",
       f"3. UCL, imperfect augmentation: class accuracy per embedding size "
       f"{dict(zip(ucl['embedding_size'], [round(x, 3) for x in ucl['imperfect_augmentation']]))}"
       f": {mark(v['3_ucl_small_embedding_suppresses_class_larger_restores'])}.",

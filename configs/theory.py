@@ -39,6 +39,8 @@ def get_config(arg=None):
   c.diverse_num_easy = (4, 16, 32)  # claim 4b at the largest embedding size
   c.joint_a_sub = (0.7, 1.5, 2.5)   # claim 5 regimes
   c.num_seeds = 3
+  c.claim2_sizes = (64, 256, 1024, 4096)  # claim 2 against the number of training examples n
+  c.claim2_num_seeds = 5
   # Claim 1 (SCL learns, then unlearns the subclass) in its own regime: these fields replace the
   # ones above for that claim. A weak subclass, no easy features, a 2-d embedding, a tiny init.
   c.dynamics = ml_collections.ConfigDict(dict(

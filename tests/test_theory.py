@@ -14,7 +14,7 @@ def small_config(**overrides):
   c = theory_config.get_config()
   c.update(dict(n=32, d=128, num_probe=400, steps=600, record_every=50, num_seeds=1,
                 embedding_sizes=(1, 2, 5, 8), diverse_num_easy=(4, 12), joint_a_sub=(2.5,),
-                balanced_labels=True))
+                balanced_labels=True, claim2_sizes=(32, 64), claim2_num_seeds=2))
   c.dynamics.update(dict(n=40, d=400, steps=2000, record_every=100, num_seeds=1))
   c.update(overrides)
   return c
@@ -148,11 +148,16 @@ def test_gd_from_small_init_converges_to_the_min_norm_scl_minimizer():
   assert np.linalg.norm(m_gd - m_star) / np.linalg.norm(m_star) < 0.02
 
 
+def saved_n(claims):
+  return claims["scl_min_norm_by_n"]["n"]
+
+
 def test_each_claim_direction_on_a_small_instance(tmp_path):
   c = small_config()
   claims = theory.run(c, tmp_path)
   v = claims["verdicts"]
   assert v["2_min_norm_collapses_other_minimizer_does_not"]
+  assert saved_n(claims) == [32, 64] and "2_min_norm_subclass_falls_to_chance_as_n_grows" in v
   assert v["3_ucl_small_embedding_suppresses_class_larger_restores"]
   assert v["4a_good_augmentation_prevents_suppression_at_small_size"]
   assert v["4b_diverse_easy_features_suppress_at_largest_size"]
@@ -176,6 +181,17 @@ def test_each_claim_direction_on_a_small_instance(tmp_path):
   assert "HOLDS" in (tmp_path / "summary.txt").read_text()
   for png in ("dynamics.png", "suppression.png"):
     assert (tmp_path / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_claim_two_subclass_accuracy_falls_to_chance_as_n_grows_with_random_labels():
+  """With random labels a finite sample gives the class means a subclass component ∝ 1/√n: the
+  min-norm SCL minimiser decodes the subclass above chance at small n, at chance at large n."""
+  c = small_config(balanced_labels=False, claim2_sizes=(32, 2048), num_probe=2000)
+  runs = [theory.scl_min_norm_by_n(c, seed) for seed in range(3)]
+  small_n, large_n = np.mean([r["subclass_accuracy"] for r in runs], axis=0)
+  assert small_n > 0.58 and large_n < min(0.56, small_n - 0.05)
+  weights = np.mean([r["subclass_weight"] for r in runs], axis=0)
+  assert weights[1] < 0.5 * weights[0]
 
 
 def test_a_diverging_claim_one_run_names_the_learning_rate(tmp_path):

@@ -25,6 +25,8 @@ IDX = "mnist_idx"  # MNIST-format IDX files (train/t10k-images-idx3-ubyte, ...) 
 PHOTOS = "photos"  # embedded backgrounds: crops of scikit-learn's two sample photographs
 FOLDER = "folder"  # a folder of image files, data.data_dir/{train,test}/[<class>/]*.png|jpg
 NPZ = "npz"        # arrays in a .npz file: train_images, test_images, train_<label>, ...
+TRIFEATURE = "trifeature"  # generated: shape × texture × colour (cl_jax/data/trifeature.py)
+TRIFEATURE_SIZES = {"train": 10_000, "test": 2_000}  # multiples of the 1,000 combinations
 # The embedded default's fixed, stratified split (of 1,797 images: 1,347 train / 450 test).
 DIGITS_TEST_FRACTION = 0.25
 DIGITS_SPLIT_SEED = 0
@@ -392,6 +394,15 @@ def load_streaming(data_config, split: str) -> StreamingSplit:
                         origin=f"{name}/{split}@{data_dir}")
 
 
+def load_trifeature(split: str, image_size: int) -> Split:
+  """Trifeature at `image_size` px: 10,000 train / 2,000 test images (generator seeds 0 / 1),
+  labels shape, texture, color (10 classes each, balanced and independent)."""
+  from cl_jax.data import trifeature  # pylint: disable=g-import-not-at-top
+  images, labels = trifeature.generate(TRIFEATURE_SIZES[split], image_size,
+                                       seed=0 if split == "train" else 1)
+  return Split(images, labels, {name: 10 for name in labels})
+
+
 def _load_folder(data_dir, split, image_size, channels):
   from cl_jax.data import own_data  # pylint: disable=g-import-not-at-top
   return own_data.load_folder(data_dir, split, image_size, channels)
@@ -411,6 +422,7 @@ LOCAL = {
     IDX: lambda d, split, size, c: (load_idx(d, split, size), None),
     FOLDER: _load_folder,
     NPZ: _load_npz,
+    TRIFEATURE: lambda d, split, size, c: (load_trifeature(split, size), None),
 }
 
 

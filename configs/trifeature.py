@@ -1,0 +1,35 @@
+"""SimCLR (and MoCo-v2 with IFM) on Trifeature: shape × texture × colour, three independent
+features of 10 values each (Hermann & Lampinen 2020; Robinson et al. 2021's test bed;
+docs/method.md §2.7). Generated in memory, no download.
+
+  python -m cl_jax.main --config=configs/trifeature.py --workdir=runs/trifeature
+  python -m cl_jax.main --config=configs/trifeature.py:64 --workdir=...        (64 px)
+  python -m cl_jax.main --config=configs/trifeature.py --workdir=... \
+      --config.loss.temperature=0.05 --config.loss.ifm_epsilon=0.1
+
+eval.json reports the linear probe (and k-NN) accuracy of each feature — `shape`, `texture`,
+`color` — on the encoder output h. The augmentations are SimCLR's CIFAR ones (crop, flip, colour
+jitter 0.5, grayscale 0.2): colour jitter makes colour harder to rely on, crops cut texture and
+shape, so the three features compete.
+"""
+from configs import common, simclr_randbit
+
+
+def get_config(arg=None):
+  c = simclr_randbit.get_config()
+  c.data.dataset = "trifeature"
+  c.data.image_size = 32
+  c.data.random_bits = 0
+  c.data.crop_area_min = 0.2
+  c.data.flip = True
+  c.data.color_jitter = 0.5
+  c.data.grayscale_prob = 0.2
+  c.loss.temperature = 0.2
+  c.train.num_epochs = 0
+  c.train.num_steps = 500          # 12.8 epochs of the 10,000 training images at B = 256
+  return common.with_variant(c, arg, {"64": size_64}, "trifeature")
+
+
+def size_64(c):
+  """The 64-px variant (the same images drawn at twice the resolution)."""
+  c.data.image_size = 64
