@@ -1,7 +1,7 @@
 """Config checks that run before anything is loaded or compiled.
 
 Each choice declares the fields it reads (`objectives.FIELDS`, `models.ENCODER_FIELDS`,
-`optim.OPTIMIZER_FIELDS`, `features.SCENE_FIELDS`, `evaluators.EVALUATORS`); `check_config` loops
+`optim.OPTIMIZER_FIELDS`, `features.SCENES`, `evaluators.EVALUATORS`); `check_config` loops
 over them (`spec.check_choice`) and adds the rules that relate fields to each other or to the
 devices. Each failure is a `ConfigError` whose message names the field, the value and what is valid.
 """
@@ -18,7 +18,8 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   spec.check_choice(model, "model", "encoder", models.ENCODER_FIELDS)
   spec.check_choice(loss, "loss", "name", objectives.FIELDS, objectives.CONFIG_FILES)
   spec.check_choice(config.optim, "optim", "name", optim.OPTIMIZER_FIELDS)
-  spec.check_choice(data, "data", "scene", features.SCENE_FIELDS, features.SCENE_CONFIGS)
+  spec.check_choice(data, "data", "scene", features.scene_fields(),
+                    features.scene_config_files())
   evaluators.check(config.evals)
   for prefix, fields in [("model", models.FIELDS), ("optim", optim.FIELDS),
                          ("loss", COMMON_LOSS_FIELDS), ("train", TRAIN_FIELDS),
@@ -37,17 +38,18 @@ def check_config(config: ml_collections.ConfigDict, num_devices: int, num_proces
   if data.image_size < min_size:
     raise ConfigError(f"data.image_size={data.image_size} is too small for model.encoder="
                       f"'{model.encoder}', which needs images of at least {min_size} px.")
-  check_scene_sizes(data)
+  features.SCENES[data.scene].check_sizes(data)
   if data.streaming:
     from cl_jax.data import sources  # pylint: disable=g-import-not-at-top
     if data.dataset in sources.LOCAL:
       raise ConfigError(f"data.streaming=True reads a tfds dataset by index; data.dataset="
                         f"'{data.dataset}' is a local source that is always held in memory: "
                         "set data.streaming=False, or name a tfds dataset (e.g. imagenet2012).")
-    if data.scene not in ("none", "digits_on_images"):
-      raise ConfigError(f"data.scene='{data.scene}' composes digits from an in-memory digit "
-                        "split and cannot stream: with data.streaming=True use data.scene="
-                        "'none' or 'digits_on_images', or set data.streaming=False.")
+    if not features.SCENES[data.scene].streams:
+      streaming = [name for name, scene in features.SCENES.items() if scene.streams]
+      raise ConfigError(f"data.scene='{data.scene}' reads the in-memory split (its digits) "
+                        "and cannot stream: with data.streaming=True use data.scene="
+                        f"{' or '.join(map(repr, streaming))}, or set data.streaming=False.")
   if data.class_subset and not paths.workdir_path(data.class_subset).exists():
     raise ConfigError(f"data.class_subset={data.class_subset!r} does not exist: it must be a file "
                       "of class names, one per line (e.g. configs/imagenet100_classes.txt).")
@@ -114,31 +116,3 @@ def check_workdir(workdir):
         f"--workdir={workdir} cannot be written to ({type(e).__name__}: {e}). Checkpoints, "
         "eval.json and TensorBoard files go there: pass a folder you can write to, or a bucket "
         "(gs://...) this machine has write access to.") from None
-
-
-def check_scene_sizes(data):
-  """The scene rules that depend on data.image_size."""
-  size = data.image_size
-  if data.scene == "digits_on_images":
-    if size < 8:
-      raise ConfigError(f"data.image_size={size}: digits on images need at least 8 px.")
-    side = features.digit_side(size, data.digit_fraction)
-    if not 0 < data.digit_fraction <= 0.25 or side < 2:
-      raise ConfigError(f"data.digit_fraction={data.digit_fraction} must be in (0, 0.25] (the 3×3 "
-                        "grid of copies at 0.15/0.45/0.75 of the side fits up to 1/4) and give "
-                        f"digits of at least 2 px on data.image_size={size} (got {side} px).")
-  if data.scene == "multidigits":
-    cell = data.digit_size if data.placement == "grid" else (3 * data.digit_size) // 2
-    fits = (size // cell) ** 2
-    for field in ("num_digits", "eval_num_digits"):
-      if not 1 <= data[field] <= fits:
-        raise ConfigError(f"data.{field}={data[field]} must be in [1, {fits}]: that many "
-                          f"{data.digit_size} px digits fit on a {size} px canvas with "
-                          f"placement '{data.placement}'.")
-  if data.scene == "digit_sizes":
-    for field in ("digit_size", "other_digit_size"):
-      if not 1 <= data[field] <= size // 2:
-        raise ConfigError(f"data.{field}={data[field]} must be in [1, {size // 2}] (two digits "
-                          f"side by side on a {size} px canvas).")
-  if data.scene == "backgrounds" and not 1 <= data.digit_size <= size:
-    raise ConfigError(f"data.digit_size={data.digit_size} must be in [1, {size}].")

@@ -3,6 +3,7 @@ evaluator registered from outside the library."""
 import json
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from cl_jax import evaluators, models, objectives, optim, spec, train, validate
@@ -65,8 +66,8 @@ def test_adam_reads_optim_momentum_as_beta1():
 def test_every_choice_declares_its_fields_and_the_default_configs_pass():
   assert set(objectives.FIELDS) == set(objectives.OBJECTIVES)
   assert set(models.ENCODER_FIELDS) == set(models.ENCODERS)
-  assert set(features.SCENE_FIELDS) >= {"none", "digits_on_images", "multidigits",
-                                        "digit_sizes", "backgrounds"}
+  assert set(features.SCENES) >= {"none", "digits_on_images", "multidigits", "digit_sizes",
+                                  "backgrounds"}
   for field in objectives.FIELDS["generalized"]:
     assert field not in objectives.FIELDS["ntxent"]
   validate.check_config(simclr_randbit.get_config(), num_devices=1)
@@ -101,4 +102,45 @@ def test_an_evaluator_registered_from_outside_runs_when_due_and_lands_in_eval_js
 
   config.evals.counted.scale = -1.0
   with pytest.raises(validate.ConfigError, match="evals.counted.scale=-1.0 must be > 0"):
+    train.train_and_evaluate(config, str(tmp_path / "bad"), ONE_DEVICE)
+
+
+def _corner_scene(data_config, split, train):
+  """A test scene: a white square of data.patch_size px in a random quadrant of the example's
+  digit, the quadrant drawn per read (shared by both views) and labelled `corner`."""
+  del split, train
+  size, patch = data_config.image_size, data_config.patch_size
+
+  def compose(arrays, image, index, read_key, view_key):
+    del arrays, index, view_key
+    corner = jax.random.randint(read_key, (), 0, 4)
+    y, x = (corner // 2) * (size - patch), (corner % 2) * (size - patch)
+    return features.place(image, jnp.ones((patch, patch, image.shape[-1])), y, x), {
+        "corner": corner}
+  return features.Scene(compose, {}, {"corner": 4}, uses_image=True)
+
+
+def _check_corner(data):
+  if not 1 <= data.patch_size <= data.image_size // 2:
+    raise spec.ConfigError(f"data.patch_size={data.patch_size} must be in [1, "
+                           f"{data.image_size // 2}].")
+
+
+def test_a_scene_registered_from_outside_trains_and_is_probed(tmp_path, monkeypatch, small):
+  """A scene is one registry entry: builder, fields, size check; nothing else to edit."""
+  monkeypatch.setitem(features.SCENES, "corner", features.SceneType(
+      build=_corner_scene, fields={"patch_size": spec.positive()}, check_sizes=_check_corner))
+  config = small(simclr_randbit.get_config(), num_steps=4)
+  config.data.scene = "corner"
+  config.data.patch_size = 4
+  result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
+  assert set(result["linear_eval"]) == {"label", "corner", "bits"}
+  assert result["linear_eval"]["corner"] > 0.5  # a white corner patch: trivially decodable
+  config.data.patch_size = 9
+  with pytest.raises(validate.ConfigError, match=r"data.patch_size=9 must be in \[1, 8\]"):
+    train.train_and_evaluate(config, str(tmp_path / "bad"), ONE_DEVICE)
+  config.data.streaming = True
+  config.data.patch_size = 4
+  config.data.dataset = "mnist"
+  with pytest.raises(validate.ConfigError, match="data.scene='corner' .* cannot stream"):
     train.train_and_evaluate(config, str(tmp_path / "bad"), ONE_DEVICE)

@@ -187,20 +187,121 @@ def backgrounds(backgrounds_pool: np.ndarray, images: np.ndarray, image_size: in
   return Scene(compose, arrays, {"background": num_backgrounds} if shared else {})
 
 
-# data.scene → the data fields it reads (checked before anything loads) and the config file that
-# defines them. The size rules that depend on data.image_size are in validate.check_scene_sizes.
-SCENE_FIELDS = {
-    "none": {},
-    "digits_on_images": {"digit_dataset": spec.Field(), "num_unique_digits": spec.positive(),
-                         "digit_fraction": spec.Field()},
-    "multidigits": {"digit_size": spec.positive(), "num_digits": spec.Field(),
-                    "eval_num_digits": spec.Field(), "placement": spec.one_of("grid", "random")},
-    "digit_sizes": {"digit_size": spec.Field(), "other_digit_size": spec.Field()},
-    "backgrounds": {"digit_size": spec.Field(), "num_backgrounds": spec.positive(),
-                    "shared_background": spec.Field()},
+# ------------------------------------------------------------------------------------------------
+# The scene registry: data.scene → one `SceneType` entry.
+
+@dataclasses.dataclass(frozen=True)
+class SceneType:
+  """A scene as the rest of cl_jax sees it. `build(data_config, split, train)` → its `Scene`
+  (`split`: the data read — the backgrounds for digits_on_images, the digits otherwise; `train`
+  False for evaluation); `fields`: the data fields it reads (checked before anything loads);
+  `config_file`: the config file that defines them; `check_sizes(data_config)`: the rules
+  relating those fields to data.image_size (raise `spec.ConfigError`); `streams`: whether it can
+  compose a streamed split's images (it reads nothing else of the split)."""
+  build: Callable
+  fields: Mapping[str, spec.Field]
+  config_file: Optional[str] = None
+  check_sizes: Callable = lambda data: None
+  streams: bool = False
+
+
+def _check_digits_on_images(data):
+  size = data.image_size
+  if size < 8:
+    raise spec.ConfigError(f"data.image_size={size}: digits on images need at least 8 px.")
+  side = digit_side(size, data.digit_fraction)
+  if not 0 < data.digit_fraction <= 0.25 or side < 2:
+    raise spec.ConfigError(
+        f"data.digit_fraction={data.digit_fraction} must be in (0, 0.25] (the 3×3 grid of copies "
+        f"at 0.15/0.45/0.75 of the side fits up to 1/4) and give digits of at least 2 px on "
+        f"data.image_size={size} (got {side} px).")
+
+
+def _check_multidigits(data):
+  cell = data.digit_size if data.placement == "grid" else (3 * data.digit_size) // 2
+  fits = (data.image_size // cell) ** 2
+  for field in ("num_digits", "eval_num_digits"):
+    if not 1 <= data[field] <= fits:
+      raise spec.ConfigError(f"data.{field}={data[field]} must be in [1, {fits}]: that many "
+                             f"{data.digit_size} px digits fit on a {data.image_size} px canvas "
+                             f"with placement '{data.placement}'.")
+
+
+def _check_digit_sizes(data):
+  for field in ("digit_size", "other_digit_size"):
+    if not 1 <= data[field] <= data.image_size // 2:
+      raise spec.ConfigError(f"data.{field}={data[field]} must be in [1, {data.image_size // 2}] "
+                             f"(two digits side by side on a {data.image_size} px canvas).")
+
+
+def _check_backgrounds(data):
+  if not 1 <= data.digit_size <= data.image_size:
+    raise spec.ConfigError(f"data.digit_size={data.digit_size} must be in [1, "
+                           f"{data.image_size}].")
+
+
+def _build_digits_on_images(data_config, split, train):
+  del split, train  # the split's images are the backgrounds, read per example
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from cl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  digits = sources.load(ml_collections.ConfigDict(dict(
+      dataset=data_config.digit_dataset,
+      image_size=digit_side(data_config.image_size, data_config.digit_fraction),
+      data_dir=data_config.data_dir, coarse_labels=False)), "train")
+  u = data_config.num_unique_digits
+  if u > len(digits):
+    raise sources.DataError(f"data.num_unique_digits={u} exceeds the {len(digits)} training "
+                            f"digits of '{data_config.digit_dataset}'.")
+  return digits_on_images(digits.images[:u], digits.labels["label"][:u], data_config.image_size,
+                          data_config.digit_fraction)
+
+
+def _build_backgrounds(data_config, split, train):
+  del train
+  from cl_jax.data import sources  # pylint: disable=g-import-not-at-top
+  photos = sources.load_photos("train", data_config.image_size)
+  return backgrounds(photos.images[:data_config.num_backgrounds], split.images,
+                     data_config.image_size, data_config.digit_size,
+                     data_config.shared_background)
+
+
+SCENES = {
+    "none": SceneType(build=lambda data_config, split, train: None, fields={}, streams=True),
+    "digits_on_images": SceneType(
+        build=_build_digits_on_images,
+        fields={"digit_dataset": spec.Field(), "num_unique_digits": spec.positive(),
+                "digit_fraction": spec.Field()},
+        config_file="digits_on_images.py", check_sizes=_check_digits_on_images, streams=True),
+    "multidigits": SceneType(
+        build=lambda data_config, split, train: multidigits(
+            split.images, split.labels["label"], data_config.image_size, data_config.digit_size,
+            data_config.num_digits if train else data_config.eval_num_digits,
+            data_config.placement),
+        fields={"digit_size": spec.positive(), "num_digits": spec.Field(),
+                "eval_num_digits": spec.Field(), "placement": spec.one_of("grid", "random")},
+        config_file="multidigit.py", check_sizes=_check_multidigits),
+    "digit_sizes": SceneType(
+        build=lambda data_config, split, train: digit_sizes(
+            split.images, split.labels["label"], data_config.image_size, data_config.digit_size,
+            data_config.other_digit_size),
+        fields={"digit_size": spec.Field(), "other_digit_size": spec.Field()},
+        config_file="digit_sizes.py", check_sizes=_check_digit_sizes),
+    "backgrounds": SceneType(
+        build=_build_backgrounds,
+        fields={"digit_size": spec.Field(), "num_backgrounds": spec.positive(),
+                "shared_background": spec.Field()},
+        config_file="backgrounds.py", check_sizes=_check_backgrounds),
 }
-SCENE_CONFIGS = {"digits_on_images": "digits_on_images.py", "multidigits": "multidigit.py",
-                 "digit_sizes": "digit_sizes.py", "backgrounds": "backgrounds.py"}
+
+
+def scene_fields() -> dict:
+  """data.scene → the data fields it reads (for `spec.check_choice`)."""
+  return {name: scene.fields for name, scene in SCENES.items()}
+
+
+def scene_config_files() -> dict:
+  """data.scene → the config file that defines its fields."""
+  return {name: scene.config_file for name, scene in SCENES.items() if scene.config_file}
 
 
 _RECENT_SCENES = collections.OrderedDict()  # scene_key → scene
@@ -230,32 +331,4 @@ def make_scene(data_config, split, train: bool) -> Optional[Scene]:
 
 
 def _build_scene(data_config, split, train: bool) -> Optional[Scene]:
-  import ml_collections  # pylint: disable=g-import-not-at-top
-  from cl_jax.data import sources  # pylint: disable=g-import-not-at-top
-  name = data_config.get("scene", "none")
-  if name == "none":
-    return None
-  size = data_config.image_size
-  if name == "digits_on_images":
-    digits = sources.load(ml_collections.ConfigDict(dict(
-        dataset=data_config.digit_dataset,
-        image_size=digit_side(size, data_config.digit_fraction),
-        data_dir=data_config.data_dir,
-        coarse_labels=False)), "train")
-    u = data_config.num_unique_digits
-    if u > len(digits):
-      raise sources.DataError(f"data.num_unique_digits={u} exceeds the {len(digits)} training "
-                              f"digits of '{data_config.digit_dataset}'.")
-    return digits_on_images(digits.images[:u], digits.labels["label"][:u], size,
-                            data_config.digit_fraction)
-  digit_labels = split.labels["label"]
-  if name == "multidigits":
-    n = data_config.num_digits if train else data_config.eval_num_digits
-    return multidigits(split.images, digit_labels, size, data_config.digit_size, n,
-                       data_config.placement)
-  if name == "digit_sizes":
-    return digit_sizes(split.images, digit_labels, size, data_config.digit_size,
-                       data_config.other_digit_size)
-  photos = sources.load_photos("train", size)
-  return backgrounds(photos.images[:data_config.num_backgrounds], split.images, size,
-                     data_config.digit_size, data_config.shared_background)
+  return SCENES[data_config.get("scene", "none")].build(data_config, split, train)
