@@ -12,11 +12,12 @@ eval.json reports the linear probe (and k-NN) accuracy of each feature — `shap
 jitter 0.5, grayscale 0.2): colour jitter makes colour harder to rely on, crops cut texture and
 shape, so the three features compete.
 """
-from configs import common, simclr_randbit
+from configs import common, ssl_methods
 
 
 def get_config(arg=None):
-  c = simclr_randbit.get_config()
+  c = ssl_methods.get_config()      # SimCLR's recipe + every family's fields (MoCo's for IFM)
+  c.loss.name = "ntxent"
   c.data.dataset = "trifeature"
   c.data.image_size = 32
   c.data.random_bits = 0
