@@ -51,6 +51,15 @@ def test_learn_then_unlearn_needs_a_rise_and_a_fall():
                                        0.1, 0.1)["detected"]
 
 
+def test_weight_rises_then_falls_reads_the_subclass_weight_per_seed():
+  steps = [0, 100, 200, 300, 400]
+  verdict = theory.weight_rises_then_falls(steps, [1e-4, 0.2, 0.4, 0.1, 0.1])
+  assert verdict == {"detected": True, "initial": 1e-4, "peak": 0.4, "peak_step": 200,
+                     "end": 0.1}
+  assert not theory.weight_rises_then_falls(steps, [1e-4, 0.2, 0.4, 0.3, 0.3])["detected"]
+  assert not theory.weight_rises_then_falls(steps, [0.3, 0.4, 0.5, 0.1, 0.1])["detected"]
+
+
 def test_claim_one_learn_then_unlearn_with_random_labels_not_with_balanced_ones():
   """A small instance of the claim-1 regime (n 40, d 400, weak subclass a_s 0.5, p 2): GD on SCL
   with random training labels lifts the subclass probe to ~1 and then unlearns it; with exactly
