@@ -168,8 +168,8 @@ COLLAPSE_FRACTION = 0.1
 
 def collapse_warning(name: str, step: int, std: float, embed_dim: int) -> Optional[str]:
   """The warning for a run whose embedding std at `step` says it has collapsed, else None."""
-  if std * np.sqrt(embed_dim) >= COLLAPSE_FRACTION:
-    return None
+  if not np.isfinite(std) or std * np.sqrt(embed_dim) >= COLLAPSE_FRACTION:
+    return None  # a non-finite std is a diverged run: NonFiniteError says so
   return (f"{name}The embedding has collapsed at step {step}: the mean per-dimension std of "
           f"z/‖z‖ is {std:.2g}, below {COLLAPSE_FRACTION} × 1/√d = "
           f"{COLLAPSE_FRACTION / np.sqrt(embed_dim):.2g} (d = {embed_dim}); every image maps to "

@@ -170,7 +170,7 @@ def test_each_instantiation_trains_end_to_end(prior, hidden_norm, tmp_path):
   config.evals.linear_eval.probe_steps = 10
   result = train.train_and_evaluate(config, str(tmp_path), jax.devices()[:1])
   assert result["step"] == 3 and 0 <= result["linear_eval"]["label"] <= 1
-  assert set(result["metrics"]) == {"alignment", "uniformity", "effective_rank"}
+  assert set(result["metrics"]) == {"alignment", "uniformity", "effective_rank", "embedding_std"}
   assert 1.0 <= result["metrics"]["effective_rank"] <= 16.0
 
 

@@ -137,10 +137,11 @@ def test_byol_target_is_the_ema_of_the_online_network_on_the_schedule(small):
   assert np.sqrt(sum(jax.tree.leaves(gap))) > 1e-3
 
 
-@pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "byol", "simsiam"])
+@pytest.mark.parametrize("method", ["barlow_twins", "vicreg", "byol"])
 def test_eight_devices_equal_one_device(method, small):
   """The batch statistics of Barlow Twins and VICReg (and BatchNorm everywhere) are the global
-  batch's: loss, gradients and updated state on 8 devices equal 1 device's."""
+  batch's: loss, gradients and updated state on 8 devices equal 1 device's (BYOL: with a
+  predictor and a target network; SimSiam's forward is BYOL's online one)."""
   config = small(ssl_methods.get_config())
   config.loss.name = method
 
@@ -177,6 +178,8 @@ def test_each_method_trains_end_to_end_and_resumes_exactly(method, tmp_path, mon
   from tests.test_train import _crash_after  # pylint: disable=g-import-not-at-top
   config = small(ssl_methods.get_config())
   config.loss.name = method
+  for name in ("knn", "online_probe", "embeddings", "curve"):  # compiled elsewhere in the suite
+    del config.evals[name]
   uninterrupted = train.train_and_evaluate(config, str(tmp_path / "a"), ONE_DEVICE)
   assert uninterrupted["step"] == 6 and 0 <= uninterrupted["linear_eval"]["label"] <= 1
   assert uninterrupted["metrics"]["embedding_std"] > 0

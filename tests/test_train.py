@@ -33,7 +33,7 @@ def test_embedded_digits_end_to_end(digits_config, tmp_path):
   assert 0.0 <= result["linear_eval"]["label"] <= 1.0
   assert set(result["online_probe"]) == {"label"} and 0 <= result["online_probe"]["label"] <= 1
   assert set(result["knn"]) == {"label"} and 0 <= result["knn"]["label"] <= 1
-  assert set(result["metrics"]) == {"alignment", "uniformity", "effective_rank"}
+  assert set(result["metrics"]) == {"alignment", "uniformity", "effective_rank", "embedding_std"}
   assert (tmp_path / "embeddings.png").stat().st_size > 5000
   assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path))
   assert sorted(os.listdir(tmp_path / "checkpoints")) == ["4", "6"]  # max_to_keep=2
@@ -100,7 +100,7 @@ def test_tfds_variants_end_to_end_on_mock_data(variant, tmp_path):
 @pytest.mark.parametrize("field,value,message", [
     ("data.dataset", "no_such_dataset_xyz", "nor a known tfds dataset"),
     ("model.encoder", "vgg", "model.encoder='vgg' is not one of: convnet, resnet18"),
-    ("loss.name", "triplet", "loss.name='triplet' is not one of: generalized, joint, moco, ntxent, ntxent_cross_view, supcon"),
+    ("loss.name", "triplet", "loss.name='triplet' is not one of: barlow_twins, byol, generalized, joint, moco, ntxent, ntxent_cross_view, simsiam, supcon, vicreg"),
     ("model.conv_padding", "FULL", "model.conv_padding='FULL' is not one of: SAME, VALID"),
     ("model.bn_momentum", 1.0, r"model.bn_momentum=1.0 must be in \[0, 1\)"),
     ("loss.kernel_l2", -1e-4, "loss.kernel_l2=-0.0001 must be >= 0"),

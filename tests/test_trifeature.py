@@ -1,5 +1,6 @@
 """Trifeature: balanced, independent labels; each feature decodable from the pixels; a function of
 its seed; loaded as a data source and trained on end to end."""
+import jax
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
@@ -7,8 +8,6 @@ from sklearn.linear_model import LogisticRegression
 from cl_jax import train
 from cl_jax.data import sources, trifeature
 from configs import trifeature as trifeature_config
-
-import jax
 
 ONE_DEVICE = jax.devices()[:1]
 
@@ -57,8 +56,9 @@ def test_each_feature_is_decodable_from_the_pixels(generated, feature, features_
 
 def test_trifeature_trains_and_probes_every_feature(tmp_path, small):
   config = small(trifeature_config.get_config())
+  config.data.image_size = 16  # the smallest the ConvNet takes: seconds, not a minute
   result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
   assert set(result["linear_eval"]) == {"shape", "texture", "color"}
   split = sources.load(config.data, "test")
-  assert split.images.shape == (2000, 32, 32, 3) and split.num_classes == {
+  assert split.images.shape == (2000, 16, 16, 3) and split.num_classes == {
       "shape": 10, "texture": 10, "color": 10}
