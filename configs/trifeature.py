@@ -4,6 +4,7 @@ docs/method.md §2.7). Generated in memory, no download.
 
   python -m cl_jax.main --config=configs/trifeature.py --workdir=runs/trifeature
   python -m cl_jax.main --config=configs/trifeature.py:64 --workdir=...        (64 px)
+  python -m cl_jax.main --config=configs/trifeature.py:collapse --workdir=...  (SCL/joint/UCL)
   python -m cl_jax.main --config=configs/trifeature.py --workdir=... \
       --config.loss.temperature=0.05 --config.loss.ifm_epsilon=0.1
 
@@ -28,9 +29,24 @@ def get_config(arg=None):
   c.loss.temperature = 0.2
   c.train.num_epochs = 0
   c.train.num_steps = 500          # 12.8 epochs of the 10,000 training images at B = 256
-  return common.with_variant(c, arg, {"64": size_64}, "trifeature")
+  return common.with_variant(c, arg, {"64": size_64, "collapse": collapse}, "trifeature")
 
 
 def size_64(c):
   """The 64-px variant (the same images drawn at twice the resolution)."""
   c.data.image_size = 64
+
+
+def collapse(c):
+  """Class collapse with a subclass independent of the class (Xue et al. 2023's data model, in
+  pixels): the class `shape` supervises SCL / the joint loss (β = 0.5; `--config.loss.name=
+  supcon` for SCL, `ntxent` for UCL); colour and texture are features independent of it. 5,000
+  steps with a probe curve of h every 250 steps, and a final probe of z/‖z‖."""
+  c.loss.name = "joint"
+  c.loss.beta = 0.5
+  c.loss.supervised_label = "shape"
+  c.train.num_steps = 5000
+  c.train.checkpoint_every_steps = 500
+  c.evals.curve.every_steps = 250
+  c.evals.linear_eval_z = dict(type="linear", features="embedding", l2=1e-3, probe_steps=200,
+                               every_steps=0, at_end=True)
