@@ -323,12 +323,8 @@ def make_scene(data_config, split, train: bool) -> Optional[Scene]:
     return None
   key = scene_key(data_config, split, train)
   if key not in _RECENT_SCENES:
-    _RECENT_SCENES[key] = _build_scene(data_config, split, train)
+    _RECENT_SCENES[key] = SCENES[data_config.scene].build(data_config, split, train)
     while len(_RECENT_SCENES) > 4:
       _RECENT_SCENES.popitem(last=False)
   _RECENT_SCENES.move_to_end(key)
   return _RECENT_SCENES[key]
-
-
-def _build_scene(data_config, split, train: bool) -> Optional[Scene]:
-  return SCENES[data_config.get("scene", "none")].build(data_config, split, train)
