@@ -90,8 +90,24 @@ def test_colour_ops_are_tensorflows():
     np.testing.assert_allclose(ours, theirs, atol=2e-4)
 
 
+def test_saturation_in_rgb_is_dm_pixs_hsv_round_trip():
+  """`_saturate` equals pix.adjust_saturation (TensorFlow's op, checked above) on random pixels,
+  black and grey ones (S = 0, where the ratio is 0/0) and where S·f passes 1 (clipped)."""
+  rng = np.random.default_rng(7)
+  image = rng.random((16, 16, 3)).astype(np.float32)
+  image[0] = 0.0                 # black
+  image[1] = image[1, :, :1]     # grey
+  image[2, :, 0] = 0.0           # saturated (min 0): S = 1, any f > 1 clips
+  for factor in (0.0, 0.2, 0.6, 1.0, 1.4, 1.8, 5.0):
+    # Two formulas for one value, in [0, 1]: they differ by rounding (≤ 5e-7 measured), a wrong
+    # formula by ~0.1.
+    np.testing.assert_allclose(views._saturate(jnp.asarray(image), factor),
+                               pix.adjust_saturation(image, factor), atol=1e-5)
+
+
 def test_colour_jitter_is_the_four_dm_pix_ops_in_its_random_order():
-  """The vmapped jitter (one HSV round trip per position) equals applying dm-pix's brightness,
+  """The vmapped jitter (hue applied once between the positions before and after it) equals
+  applying dm-pix's brightness,
   contrast, saturation and hue ops one by one in the permutation its key draws."""
   def one_by_one(key, image, strength):
     k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)

@@ -8,8 +8,8 @@ device too, before augmentation, with keys from `scene_keys`. Images are float i
 g = step·B + row is fold_in(view_key(seed), g), so batches depend on (seed, step) only — not on the
 number of devices or processes — and a resumed run continues exactly.
 
-Ops come from dm-pix where it has them (brightness, contrast, saturation, hue, grayscale, Gaussian
-blur); the crop window reproduces `tf.image.sample_distorted_bounding_box` (the distribution the
+Ops come from dm-pix where it has them (brightness, contrast, hue, grayscale, Gaussian blur;
+saturation is dm-pix's in RGB form, `_saturate`); the crop window reproduces `tf.image.sample_distorted_bounding_box` (the distribution the
 streaming path's JPEG crops use, tests/test_views.py checks the two agree) and the resize is
 `jax.image.scale_and_translate` (Keys cubic, as TF's bicubic).
 """
@@ -91,29 +91,44 @@ def color_jitter(key, image, strength):
   """Brightness (±0.8·s), contrast and saturation (factor in 1 ± 0.8·s) and hue (±0.2·s) in a
   random order, clipping to [0, 1] after each (SimCLR v1 `color_jitter_rand`).
 
-  Under vmap the order is data, so every position computes every op and selects one. Saturation
-  and hue share one HSV round trip per position, the other op's parameter at its identity
-  (factor 1, shift 0), where it leaves the HSV planes unchanged: 4 round trips a view, not 8."""
+  Under vmap the order is data, so every position would compute every op and select one. Only
+  hue needs an HSV round trip; it is applied once, between the positions before it and those
+  after it (at each, brightness, contrast or saturation is selected, or nothing). Saturation is
+  `_saturate`, in RGB. Channels are sliced rather than reduced over (a reduction over a minor
+  axis of 3 is slow on XLA:CPU)."""
   k_order, k_b, k_c, k_s, k_h = jax.random.split(key, 5)
   b, c, s, h = 0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength
   u = lambda k, lo, hi: jax.random.uniform(k, minval=lo, maxval=hi)
   brightness, contrast = u(k_b, -b, b), u(k_c, 1 - c, 1 + c)
   saturation, hue = u(k_s, 1 - s, 1 + s), u(k_h, -h, h)
-  for op in jax.random.permutation(k_order, 4):  # 0 brightness, 1 contrast, 2 saturation, 3 hue
-    hsv = _adjust_saturation_and_hue(image, jnp.where(op == 2, saturation, 1.0),
-                                     jnp.where(op == 3, hue, 0.0))
-    image = jnp.clip(jnp.select([op == 0, op == 1],
-                                [pix.adjust_brightness(image, brightness),
-                                 pix.adjust_contrast(image, contrast)], hsv), 0.0, 1.0)
+  order = jax.random.permutation(k_order, 4)  # 0 brightness, 1 contrast, 2 saturation, 3 hue
+  hue_at = jnp.argmax(order == 3)
+
+  def brightness_contrast_or_saturation(image, op, active):
+    op = jnp.where(active, op, -1)
+    mean = image.mean(axis=(0, 1))  # pix.adjust_contrast's per-channel mean
+    scale = jnp.where(op == 1, contrast, 1.0)
+    shift = jnp.where(op == 0, brightness, jnp.where(op == 1, (1.0 - contrast) * mean, 0.0))
+    out = jnp.where(op == 2, _saturate(image, saturation), scale * image + shift)
+    return jnp.where(active, jnp.clip(out, 0.0, 1.0), image)
+
+  for position in range(3):
+    image = brightness_contrast_or_saturation(image, order[position], position < hue_at)
+  image = jnp.clip(pix.adjust_hue(image, hue), 0.0, 1.0)
+  for position in range(1, 4):
+    image = brightness_contrast_or_saturation(image, order[position], position > hue_at)
   return image
 
 
-def _adjust_saturation_and_hue(image, factor, delta):
-  """`pix.adjust_saturation(·, factor)` then `pix.adjust_hue(·, delta)` in one HSV round trip
-  (saturation and hue are separate HSV planes, so the two commute)."""
-  hue, saturation, value = jnp.moveaxis(pix.rgb_to_hsv(image), -1, 0)
-  return pix.hsv_to_rgb(jnp.stack([(hue + delta) % 1.0, jnp.clip(saturation * factor, 0.0, 1.0),
-                                   value], axis=-1))
+def _saturate(image, factor):
+  """`pix.adjust_saturation(image, factor)` without the HSV round trip. HSV → RGB gives each
+  channel as c = V − V·S·k_c(H), so scaling S to S' = min(S·f, 1) with H and V kept moves it to
+  c' = V − (V − c)·S'/S, where S'/S = min(f, V / (V − min)) (V = max over channels)."""
+  r, g, b = image[..., 0:1], image[..., 1:2], image[..., 2:3]
+  value = jnp.maximum(jnp.maximum(r, g), b)
+  range_ = value - jnp.minimum(jnp.minimum(r, g), b)
+  ratio = jnp.minimum(factor, value / jnp.where(range_ > 0, range_, 1.0))
+  return value - (value - image) * ratio
 
 
 def gaussian_blur(key, image, sigma_range=(0.1, 2.0)):
