@@ -41,12 +41,15 @@ def collapse(c):
   """Class collapse with a subclass independent of the class (Xue et al. 2023's data model, in
   pixels): the class `shape` supervises SCL / the joint loss (β = 0.5; `--config.loss.name=
   supcon` for SCL, `ntxent` for UCL); colour and texture are features independent of it. 5,000
-  steps with a probe curve of h every 250 steps, and a final probe of z/‖z‖."""
+  steps of batch 64 (the length the class-collapse theory needs, at a cost a CPU can pay), with
+  probe curves of h (`curve`) and of z/‖z‖ (`curve_z`) every 250 steps."""
   c.loss.name = "joint"
   c.loss.beta = 0.5
   c.loss.supervised_label = "shape"
+  c.train.batch_size = 64
   c.train.num_steps = 5000
+  c.train.log_every_steps = 250
   c.train.checkpoint_every_steps = 500
   c.evals.curve.every_steps = 250
-  c.evals.linear_eval_z = dict(type="linear", features="embedding", l2=1e-3, probe_steps=200,
-                               every_steps=0, at_end=True)
+  c.evals.curve_z = dict(type="linear", features="embedding", l2=1e-3, probe_steps=200,
+                         every_steps=250, at_end=False)

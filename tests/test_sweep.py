@@ -75,7 +75,7 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
     curve = [{"step": s, "label": accuracy * s / 4} for s in (2, 4)]
     result = {"step": 4, "linear_eval": {"label": accuracy},
               "online_probe": {"label": accuracy - 0.5}, "metrics": {"alignment": 1.0},
-              "curve": curve}
+              "curve": curve, "curve_z": [{**p, "label": p["label"] / 2} for p in curve]}
     run_dir.mkdir(parents=True)
     paths.write_json(run_dir / "eval.json", result)
     plots.plot_embeddings(np.random.default_rng(0).normal(size=(40, 3)),
@@ -117,7 +117,7 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
                        "| a | 0.405 ± 0.007 | 0.305 ± 0.007 |",
                        "| b | 0.405 ± 0.007 | 0.305 ± 0.007 |"]
   assert (tmp_path / "sweep" / "embeddings.png").stat().st_size > 10000
-  for png in ("results.png", "curves.png"):
+  for png in ("results.png", "curves.png", "curve_zs.png"):  # a plot per periodic evaluator
     assert (tmp_path / "sweep" / png).stat().st_size > 1000
   trained.clear()
   run()  # nothing left to train
@@ -142,8 +142,12 @@ def test_sweep_trains_every_seed_once_and_reports_error_bars(tmp_path, monkeypat
   assert "| a | 0.410 ± 0.010 | 0.310 ± 0.010 |" in text and text.rstrip().endswith("Commentary.")
   # The probe curves: peak and last point per point and label (fake curves: accuracy·s/4 at
   # s = 2, 4, so the peak is the last point, at step 4), and the plot copied beside them.
-  assert "| a_5 | 0.810 ± 0.010 (step 4) → 0.810 ± 0.010 |" in text
-  assert (docs / "sweep_curves.png").stat().st_size > 1000
+  # Every periodic evaluator gets its table and plot (curve_z: half the curve's values).
+  curve, curve_z = text.index("Probe curve `curve`"), text.index("Probe curve `curve_z`")
+  assert "| a_5 | 0.810 ± 0.010 (step 4) → 0.810 ± 0.010 |" in text[curve:curve_z]
+  assert "| a_5 | 0.405 ± 0.005 (step 4) → 0.405 ± 0.005 |" in text[curve_z:]
+  for png in ("sweep_curves.png", "sweep_curve_zs.png"):
+    assert (docs / png).stat().st_size > 1000
 
 
 SWEEP_FILES = sorted((pathlib.Path(REPO) / "configs" / "sweeps").glob("*.json"))

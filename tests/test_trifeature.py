@@ -56,16 +56,17 @@ def test_each_feature_is_decodable_from_the_pixels(generated, feature, features_
 
 def test_trifeature_trains_with_the_shape_supervising_and_probes_every_feature(tmp_path, small):
   """configs/trifeature.py:collapse end to end (16 px, a few steps): the joint loss with the
-  shape as class, probe curves and final probes of h and z for all three features."""
+  shape as class, probe curves of h and z and a final probe of h for all three features."""
   config = small(trifeature_config.get_config("collapse"), num_steps=4)
   config.data.image_size = 16
-  config.evals.curve.every_steps = 2
+  config.evals.curve.every_steps = config.evals.curve_z.every_steps = 2
   result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
   assert config.loss.name == "joint" and config.loss.supervised_label == "shape"
-  assert [point["step"] for point in result["curve"]] == [2, 4]
-  assert set(result["curve"][0]) == {"step", "shape", "texture", "color"}
-  assert set(result["linear_eval"]) == set(result["linear_eval_z"]) == {"shape", "texture",
-                                                                        "color"}
+  for curve in ("curve", "curve_z"):
+    assert [point["step"] for point in result[curve]] == [2, 4]
+    assert set(result[curve][0]) == {"step", "shape", "texture", "color"}
+  assert result["curve"] != result["curve_z"]  # h and z are probed apart
+  assert set(result["linear_eval"]) == {"shape", "texture", "color"}
   split = sources.load(config.data, "test")
   assert split.images.shape == (2000, 16, 16, 3) and split.num_classes == {
       "shape": 10, "texture": 10, "color": 10}

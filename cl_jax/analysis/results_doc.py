@@ -48,26 +48,35 @@ def add(run_dir, results_dir):
   else:
     record = {"name": run_dir.name, **paths.read_json(run_dir / "sweep.json"),
               "rows": paths.read_json(run_dir / "results.json")}
-    if (run_dir / "curves.png").exists():  # the probe curves: a plot reads better than a table
-      (results_dir / f"{run_dir.name}_curves.png").write_bytes(
-          (run_dir / "curves.png").read_bytes())
+    for curve in curve_names(record["rows"]):  # probe curves: a plot reads better than a table
+      if (run_dir / f"{curve}s.png").exists():
+        (results_dir / f"{run_dir.name}_{curve}s.png").write_bytes(
+            (run_dir / f"{curve}s.png").read_bytes())
   paths.write_json(results_dir / f"{run_dir.name}.json", record)
 
 
-def curve_table(rows) -> str:
-  """Per grid point and label of the runs' probe curves ("curve"): the peak over training (its
-  step) and the last point, mean ± std over seeds; empty when the runs have no curve."""
-  if not all("curve" in run for r in rows for run in r["runs"]):
+def curve_names(rows) -> list:
+  """The periodic evaluators (probe curves) every run of `rows` has, sorted."""
+  runs = [run for r in rows for run in r["runs"]]
+  return sorted({k for k, v in runs[0].items() if isinstance(v, list)
+                 and all(isinstance(run.get(k), list) for run in runs)}) if runs else []
+
+
+def curve_table(rows, curve: str = "curve") -> str:
+  """Per grid point and label of the runs' probe curve `curve` (a periodic evaluator): the peak
+  over training (its step) and the last point, mean ± std over seeds; empty when the runs have
+  no such curve."""
+  if curve not in curve_names(rows):
     return ""
-  labels = [k for k in rows[0]["runs"][0]["curve"][0] if k != "step"]
-  lines = ["Probe curve (linear probe during training): peak over training → last point, mean ± "
-           "std over seeds, and the median step of the peak:", "",
+  labels = [k for k in rows[0]["runs"][0][curve][0] if k != "step"]
+  lines = [f"Probe curve `{curve}` (linear probe during training): peak over training → last "
+           "point, mean ± std over seeds, and the median step of the peak:", "",
            "| point | " + " | ".join(labels) + " |", "|---|" + "---|" * len(labels)]
   for r in rows:
     cells = []
     for label in labels:
-      curves = [[p[label] for p in run["curve"]] for run in r["runs"]]
-      steps = [p["step"] for p in r["runs"][0]["curve"]]
+      curves = [[p[label] for p in run[curve]] for run in r["runs"]]
+      steps = [p["step"] for p in r["runs"][0][curve]]
       peaks = [max(c) for c in curves]
       peak_steps = [steps[int(np.argmax(c))] for c in curves]
       last = [c[-1] for c in curves]
@@ -104,9 +113,9 @@ def section(record: dict, commentary: str = "") -> str:
                                 sections)]
   if len(spec["axes"]) == 2:
     lines += ["", reports.pivot_table(rows, spec["axes"], record["metric"])]
-  curves = curve_table(rows)
-  if curves:
-    lines += ["", curves, "", f"![probe curves]({'results/' + record['name']}_curves.png)"]
+  for curve in curve_names(rows):
+    lines += ["", curve_table(rows, curve), "",
+              f"![probe curves ({curve})](results/{record['name']}_{curve}s.png)"]
   if commentary:
     lines += ["", commentary.strip()]
   return "\n".join(lines) + "\n"

@@ -280,7 +280,7 @@ def write_reports(rows, spec: dict, table: str, workdir):
     point_curves = {r["name"]: [run[curve] for run in r["runs"]] for r in rows
                     if all(curve in run for run in r["runs"])}
     if point_curves:
-      plots.plot_curves(point_curves, workdir / f"{curve}s.png")
+      plots.plot_curves(point_curves, workdir / f"{curve}s.png", title=f"linear probe: {curve}")
   collect_embeddings(rows, workdir, workdir / "embeddings.png")
 
 
