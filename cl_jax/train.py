@@ -400,6 +400,8 @@ def train_and_evaluate_runs(configs: list, workdirs: list, devices=None) -> list
   logging.info("Training %d steps (%d per epoch) of global batch %d on %d device(s)%s.",
                num_steps, per_epoch, batch_size, mesh.devices.size,
                f", {len(configs)} runs as one vmapped program" if len(configs) > 1 else "")
+  if start_step == 0:
+    evaluate(0, state, False)  # probe curves start at the initial encoder
   pending, report_due, previous_finite = [], None, None
   try:
     with hosts.PreemptionWatch() as preemption:

@@ -133,4 +133,4 @@ def test_sweep_on_two_processes_is_preempted_and_resumed(tmp_path):
   rows = json.loads((workdir / "results.json").read_text())
   assert [r["name"] for r in rows] == ["0", "2"]
   assert set(rows[1]["linear_eval"]) == {"label", "bits"}
-  assert [p["step"] for p in rows[1]["runs"][0]["curve"]] == [5, 10, 15, 20]
+  assert [p["step"] for p in rows[1]["runs"][0]["curve"]] == [0, 5, 10, 15, 20]

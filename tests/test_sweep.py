@@ -201,6 +201,6 @@ def test_long_class_collapse_sweep_smoke_run(tmp_path):
   (row,) = rows
   (run,) = row["runs"]
   assert row["name"] == "scl_4" and "metrics" not in run
-  assert [point["step"] for point in run["curve"]] == [2, 4]
+  assert [point["step"] for point in run["curve"]] == [0, 2, 4]
   assert set(run["curve"][0]) >= {"label", "subclass", "bits"}
   assert (tmp_path / "sweep" / "curves.png").stat().st_size > 1000

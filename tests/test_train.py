@@ -308,7 +308,7 @@ def test_vmapped_group_equals_sequential_runs_and_resumes_exactly(digits_config,
     for name in ("linear_eval", "online_probe", "knn"):
       for label, accuracy in alone[name].items():
         assert abs(grouped[r][name][label] - accuracy) <= PROBE_FLIPS, (r, name, label)
-    assert [p["step"] for p in grouped[r]["curve"]] == [3, 6]
+    assert [p["step"] for p in grouped[r]["curve"]] == [0, 3, 6]
   assert grouped[0]["linear_eval"] != grouped[1]["linear_eval"]  # really different runs
 
   _crash_after(3, monkeypatch)  # steps 1-3 run, checkpoint at 2, crash fetching step 4

@@ -5,7 +5,8 @@
 An evaluator is a function (context, cfg) → {key: float}: `context` gives the model, its variables,
 the data, the config, the mesh, the workdir and the step (and the frozen features, extracted once
 per step and shared); `cfg` is its config entry. It runs every `every_steps` steps (0: never
-during training) and, when `at_end` (default True), after the last step. Its results land in
+during training; a fresh run also at step 0, so a curve starts at the initial encoder) and, when
+`at_end` (default True), after the last step. Its results land in
 eval.json under NAME — a dict for an at-end evaluator, a curve [{"step": s, key: value, ...}] for a
 periodic one (kept in <workdir>/NAME.json and NAME.png as training goes, resumable) — and in
 TensorBoard as NAME/key. Evaluators that only write files (PNGs) return {}.
