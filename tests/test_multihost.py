@@ -54,11 +54,20 @@ def _assert_same_eval(got: dict, want: dict):
       assert abs(g[k] - w[k]) <= ACCURACY_TOLERANCE, (g, w)
 
 
+def _last_curve_step(path) -> int:
+  """The last step of a run's probe curve file (-1 while there is none, or it is being written);
+  its first point is step 0, before training."""
+  try:
+    return json.loads(path.read_text())[-1]["step"]
+  except (FileNotFoundError, json.JSONDecodeError, IndexError):
+    return -1
+
+
 def test_two_processes_interleaved_mesh_preempted_and_resumed_equal_one_process(tmp_path):
   workdir = tmp_path / "two_processes"
   job = _launch(workdir, "interleaved")
   deadline = time.time() + 240
-  while not (workdir / "curve.json").exists():  # the first probe point (step 10) is written
+  while _last_curve_step(workdir / "curve.json") < 10:  # the probe point of step 10 is written
     assert job.poll() is None, job.stderr.read()[-3000:]
     assert time.time() < deadline, "no training progress"
     time.sleep(0.1)
@@ -112,7 +121,7 @@ def test_sweep_on_two_processes_is_preempted_and_resumed(tmp_path):
 
   job = launch()
   deadline = time.time() + 300
-  while not (workdir / "2" / "seed0" / "curve.json").exists():  # the second run is training
+  while _last_curve_step(workdir / "2" / "seed0" / "curve.json") < 5:  # the 2nd run trains
     assert job.poll() is None, job.stderr.read()[-3000:]
     assert time.time() < deadline, "no training progress"
     time.sleep(0.1)

@@ -94,7 +94,8 @@ def test_an_evaluator_registered_from_outside_runs_when_due_and_lands_in_eval_js
   config.evals.counted_often = dict(type="count", scale=3.0, every_steps=2, at_end=False)
   result = train.train_and_evaluate(config, str(tmp_path), ONE_DEVICE)
   assert result["counted"] == {"test_images": 450.0, "scale": 2.0}   # 25 % of the 1,797 digits
-  assert result["counted_often"] == [{"step": 2, "test_images": 450.0, "scale": 3.0},
+  assert result["counted_often"] == [{"step": 0, "test_images": 450.0, "scale": 3.0},
+                                     {"step": 2, "test_images": 450.0, "scale": 3.0},
                                      {"step": 4, "test_images": 450.0, "scale": 3.0}]
   assert json.loads((tmp_path / "eval.json").read_text()) == result
   assert json.loads((tmp_path / "counted_often.json").read_text()) == result["counted_often"]
