@@ -9,9 +9,10 @@ g = step·B + row is fold_in(view_key(seed), g), so batches depend on (seed, ste
 number of devices or processes — and a resumed run continues exactly.
 
 Ops come from dm-pix where it has them (brightness, contrast, hue, grayscale, Gaussian blur;
-saturation is dm-pix's in RGB form, `_saturate`); the crop window reproduces `tf.image.sample_distorted_bounding_box` (the distribution the
-streaming path's JPEG crops use, tests/test_views.py checks the two agree) and the resize is
-`jax.image.scale_and_translate` (Keys cubic, as TF's bicubic).
+saturation is dm-pix's in RGB form, `_saturate`); the crop window reproduces
+`tf.image.sample_distorted_bounding_box` (the distribution the streaming path's JPEG crops use,
+tests/test_views.py checks the two agree) and the resize is `jax.image.scale_and_translate` (Keys
+cubic, as TF's bicubic).
 """
 import dm_pix as pix
 import jax
